@@ -1,0 +1,5 @@
+"""Placeholder: filled in by this family's issue."""
+
+assets: list = []
+asset_checks: list = []
+jobs: list = []

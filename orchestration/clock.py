@@ -1,0 +1,89 @@
+"""The one module that owns time: London days, the academic year, cut-offs, retention.
+
+Instants are UTC `datetime`s; "day" means a Europe/London calendar date. Every run reads
+`now` once, when it starts, via `now_utc()`; tests and demos inject it either by passing
+`now` explicitly or by setting PSO_NOW (an ISO-8601 instant) for a whole process tree.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+LONDON = ZoneInfo("Europe/London")
+UTC = timezone.utc
+
+LETTER_CUTOFF = time(17, 30)  # letters created before 17:30 London go in that day's print batch
+ACADEMIC_YEAR_START_MONTH = 9  # the academic year starts on 1 September
+DEFAULT_RETENTION_DAYS = 7
+
+
+def now_utc() -> datetime:
+    """The current instant in UTC, or PSO_NOW when set (for tests and replaying a day)."""
+    frozen = os.environ.get("PSO_NOW")
+    if frozen:
+        value = datetime.fromisoformat(frozen)
+        if value.tzinfo is None:
+            raise ValueError(f"PSO_NOW must include a UTC offset, got {frozen!r}")
+        return value.astimezone(UTC)
+    return datetime.now(UTC)
+
+
+def as_utc(instant: datetime) -> datetime:
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: instants must carry a timezone")
+    return instant.astimezone(UTC)
+
+
+def london_date(instant: datetime) -> date:
+    """The Europe/London calendar date of an instant (never the UTC date)."""
+    return as_utc(instant).astimezone(LONDON).date()
+
+
+def london_today(now: datetime | None = None) -> date:
+    return london_date(now or now_utc())
+
+
+def london_midnight_utc(day: date) -> datetime:
+    """00:00 London on `day`, in UTC (2024-07-03 → 2024-07-02T23:00Z)."""
+    return datetime.combine(day, time(0), tzinfo=LONDON).astimezone(UTC)
+
+
+def london_day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a London day in UTC; 23 or 25 hours long on clock-change days."""
+    return london_midnight_utc(day), london_midnight_utc(day + timedelta(days=1))
+
+
+def academic_year(day: date) -> int:
+    return day.year if day.month >= ACADEMIC_YEAR_START_MONTH else day.year - 1
+
+
+def year_group(birth_academic_year: int, today: date) -> int:
+    return academic_year(today) - birth_academic_year - 5
+
+
+def retention_cutoff(days_of_retention: int, today: date) -> datetime:
+    """Rows created before this instant are past retention: the last `days` whole days plus today stay."""
+    return london_midnight_utc(today - timedelta(days=days_of_retention))
+
+
+def letter_deadline(now: datetime) -> datetime:
+    """17:30 London today if it is at or after 17:30 London, else 17:30 London yesterday (UTC)."""
+    local = as_utc(now).astimezone(LONDON)
+    day = local.date() if local.time() >= LETTER_CUTOFF else local.date() - timedelta(days=1)
+    return datetime.combine(day, LETTER_CUTOFF, tzinfo=LONDON).astimezone(UTC)
+
+
+def print_date(now: datetime) -> date:
+    return london_date(letter_deadline(now))
+
+
+def age_on(birth: date, day: date) -> int:
+    """Whole years on `day`; a 29 February birthday counts as 28 February in other years."""
+    years = day.year - birth.year
+    try:
+        birthday = birth.replace(year=day.year)
+    except ValueError:  # 29 February in a non-leap year
+        birthday = date(day.year, 2, 28)
+    return years - (1 if day < birthday else 0)

@@ -1,0 +1,196 @@
+"""The one settings object: everything configurable comes from environment variables.
+
+With nothing set, the project runs on its embedded default: a PostgreSQL and an S3
+endpoint started by `pso services start`, with data under `.pso/` in the project folder.
+A malformed value fails at start-up with an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a port number, got {raw!r}") from None
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{name} must be between 1 and 65535, got {value}")
+    return value
+
+
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _database_url(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not re.match(r"^postgresql(\+psycopg|\+psycopg2)?://", raw):
+        raise SettingsError(
+            f"{name} must be a PostgreSQL URL such as postgresql://user:password@host:5432/db, got a value "
+            f"starting {raw.split(':', 1)[0]!r}"
+        )
+    return raw
+
+
+def _endpoint(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not re.match(r"^https?://[^/\s]+/?$", raw):
+        raise SettingsError(f"{name} must be an http(s) URL such as http://127.0.0.1:8333, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _bucket(env: dict[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not _BUCKET_RE.match(value):
+        raise SettingsError(f"{name} must be a valid S3 bucket name (3-63 lower-case letters, digits, '.', '-'), got {value!r}")
+    return value
+
+
+def with_driver(url: str, driver: str) -> str:
+    """Return `url` with its PostgreSQL driver set, e.g. 'psycopg' (SQLAlchemy) or 'psycopg2' (Dagster storage)."""
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+{driver}://{rest}" if scheme.startswith("postgresql") else url
+
+
+@dataclass(frozen=True)
+class Buckets:
+    letters_pdf: str
+    invalid_pdf: str
+    test_letters: str
+    letter_batches: str
+    archive: str
+    contact_lists: str
+
+    def all(self) -> list[str]:
+        return [self.letters_pdf, self.invalid_pdf, self.test_letters, self.letter_batches, self.archive, self.contact_lists]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    # None means "use the embedded server"; the URL then comes from services.embedded_database_url().
+    database_url_override: str | None
+    s3_endpoint_override: str | None
+    s3_region: str
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    buckets: Buckets
+    pg_port: int
+    s3_port: int
+    dagster_port: int
+    db_pool_size: int
+    alert_webhook_url: str | None = field(default=None)
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url_override is None
+
+    @property
+    def embedded_s3(self) -> bool:
+        return self.s3_endpoint_override is None and not os.environ.get("PSO_S3_USE_AWS")
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL (psycopg 3) of the service database."""
+        if self.database_url_override:
+            return with_driver(self.database_url_override, "psycopg")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.pg_port}/pso"
+
+    @property
+    def dagster_storage_url(self) -> str:
+        """Dagster's own storage needs psycopg2 (dagster-postgres), whatever SQLAlchemy's default is."""
+        return with_driver(self.database_url, "psycopg2")
+
+    @property
+    def dagster_storage_url_for_instance(self) -> str:
+        """Dagster's run/event/schedule storage: its own database beside the service's (psycopg2)."""
+        override = os.environ.get("PSO_DAGSTER_STORAGE_URL")
+        if override:
+            return with_driver(_database_url(os.environ, "PSO_DAGSTER_STORAGE_URL") or override, "psycopg2")
+        if self.embedded:
+            return f"postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/dagster"
+        return self.dagster_storage_url
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """None means real AWS (boto3's default endpoint)."""
+        if self.s3_endpoint_override:
+            return self.s3_endpoint_override
+        if self.embedded_s3:
+            return f"http://127.0.0.1:{self.s3_port}"
+        return None
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read and validate settings from `env` (default: the process environment)."""
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("PSO_DATA_DIR") or PROJECT_ROOT / ".pso").resolve()
+    access_key = env.get("PSO_S3_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID")
+    secret_key = env.get("PSO_S3_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
+    if bool(access_key) != bool(secret_key):
+        raise SettingsError("PSO_S3_ACCESS_KEY_ID and PSO_S3_SECRET_ACCESS_KEY must be set together")
+    webhook = env.get("PSO_ALERT_WEBHOOK_URL") or None
+    if webhook and not re.match(r"^https?://", webhook):
+        raise SettingsError(f"PSO_ALERT_WEBHOOK_URL must be an http(s) URL, got {webhook!r}")
+    prefix = env.get("PSO_BUCKET_PREFIX", "pso")
+    return Settings(
+        data_dir=data_dir,
+        database_url_override=_database_url(env, "PSO_DATABASE_URL"),
+        s3_endpoint_override=_endpoint(env, "PSO_S3_ENDPOINT_URL"),
+        s3_region=env.get("PSO_S3_REGION") or "eu-west-2",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        buckets=Buckets(
+            letters_pdf=_bucket(env, "PSO_BUCKET_LETTERS_PDF", f"{prefix}-letters-pdf"),
+            invalid_pdf=_bucket(env, "PSO_BUCKET_INVALID_PDF", f"{prefix}-letters-invalid-pdf"),
+            test_letters=_bucket(env, "PSO_BUCKET_TEST_LETTERS", f"{prefix}-test-letters"),
+            letter_batches=_bucket(env, "PSO_BUCKET_LETTER_BATCHES", f"{prefix}-letter-batches"),
+            archive=_bucket(env, "PSO_BUCKET_ARCHIVE", f"{prefix}-archive"),
+            contact_lists=_bucket(env, "PSO_BUCKET_CONTACT_LISTS", f"{prefix}-contact-lists"),
+        ),
+        pg_port=_port(env, "PSO_PG_PORT", 54329),
+        s3_port=_port(env, "PSO_S3_PORT", 18333),
+        dagster_port=_port(env, "PSO_DAGSTER_PORT", 3000),
+        db_pool_size=_positive_int(env, "PSO_DB_POOL_SIZE", 5),
+        alert_webhook_url=webhook,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

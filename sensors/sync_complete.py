@@ -1,0 +1,147 @@
+"""sync-complete: one sensor for every feed the operational side finishes (`sync_runs`).
+
+Each newly finished row is handed to the family that owns its `source`:
+
+| source              | handler                                  | what it requests                      |
+|---------------------|------------------------------------------|---------------------------------------|
+| immunisation_import | sensors.statuses.on_sync_complete        | patient-scoped status refresh         |
+| renal_feed          | sensors.cohort_stats.on_sync_complete    | stats refresh of the touched units    |
+| replica             | sensors.pruning.on_sync_complete         | sync-group prune of that replica      |
+
+A handler takes the row (`SyncRun`) and returns a `SyncReaction`. Run keys include the
+sync run's id, so they stay right if the cursor is reset (Dagster drops a repeated key).
+
+Rows can finish out of id order (a long import started first finishes last), so the cursor
+is a high-water mark on `finished_at` plus the ids already handled inside a look-back window,
+rather than a plain "id > last".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from resources.postgres import PostgresResource
+
+LOOK_BACK = timedelta(minutes=10)
+MAX_ROWS_PER_TICK = 200  # bounded well under the 60 s sensor limit
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    id: int
+    source: str
+    replica_id: str | None
+    started_at: datetime
+    finished_at: datetime
+    all_succeeded: bool
+    touched: list[Any] | None
+
+
+@dataclass
+class SyncReaction:
+    run_requests: list[RunRequest] = field(default_factory=list)
+    dynamic_partitions_requests: list[Any] = field(default_factory=list)
+
+
+SyncHandler = Callable[[SyncRun], SyncReaction]
+
+
+def sync_handlers() -> dict[str, SyncHandler]:
+    """The family handlers that exist (a family without one yet is simply not reacted to)."""
+    from sensors import cohort_stats, pruning, statuses
+
+    handlers = {
+        "immunisation_import": getattr(statuses, "on_sync_complete", None),
+        "renal_feed": getattr(cohort_stats, "on_sync_complete", None),
+        "replica": getattr(pruning, "on_sync_complete", None),
+    }
+    return {source: handler for source, handler in handlers.items() if handler is not None}
+
+
+@dataclass
+class SyncCursor:
+    watermark: datetime | None = None
+    seen_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "SyncCursor":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        mark = data.get("watermark")
+        return cls(datetime.fromisoformat(mark) if mark else None, list(data.get("seen_ids", [])))
+
+    def dump(self) -> str:
+        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None,
+                           "seen_ids": sorted(self.seen_ids)})
+
+
+def fetch_finished_sync_runs(conn: sa.Connection, cursor: SyncCursor, limit: int = MAX_ROWS_PER_TICK) -> list[SyncRun]:
+    """Finished sync runs not yet handled, oldest first."""
+    since = cursor.watermark - LOOK_BACK if cursor.watermark else None
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT id, source, replica_id, started_at, finished_at, all_succeeded, touched
+            FROM sync_runs
+            WHERE finished_at IS NOT NULL
+              AND (CAST(:since AS timestamptz) IS NULL OR finished_at >= CAST(:since AS timestamptz))
+              AND NOT (id = ANY(CAST(:seen AS bigint[])))
+            ORDER BY finished_at, id
+            LIMIT :limit
+            """
+        ),
+        {"since": since, "seen": cursor.seen_ids, "limit": limit},
+    ).mappings()
+    return [SyncRun(**row) for row in rows]
+
+
+def advance_cursor(cursor: SyncCursor, handled: list[SyncRun]) -> SyncCursor:
+    if not handled:
+        return cursor
+    watermark = max([r.finished_at for r in handled] + ([cursor.watermark] if cursor.watermark else []))
+    keep_after = watermark - LOOK_BACK
+    previous = [i for i in cursor.seen_ids]
+    # Keep only ids that can still fall inside the look-back window.
+    recent = {r.id for r in handled if r.finished_at >= keep_after}
+    return SyncCursor(watermark, sorted(set(previous[-5000:]) | recent))
+
+
+@sensor(
+    name="sync_complete",
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Reacts to each newly finished sync_runs row: status refresh for an immunisation import, "
+    "stats refresh for a renal feed, sync-group prune for a replica sync.",
+)
+def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    cursor = SyncCursor.parse(context.cursor)
+    handlers = sync_handlers()
+    with postgres.connect() as conn:
+        runs = fetch_finished_sync_runs(conn, cursor)
+    if not runs:
+        return SkipReason("no newly finished sync runs")
+    run_requests: list[RunRequest] = []
+    partition_requests: list[Any] = []
+    for run in runs:
+        handler = handlers.get(run.source)
+        if handler is None:
+            context.log.info(f"sync run {run.id}: no handler for source {run.source!r}; skipped")
+            continue
+        reaction = handler(run)
+        run_requests.extend(reaction.run_requests)
+        partition_requests.extend(reaction.dynamic_partitions_requests)
+    return SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=partition_requests,
+        cursor=advance_cursor(cursor, runs).dump(),
+    )
+
+
+sensors = [sync_complete_sensor]

@@ -1,0 +1,168 @@
+"""Test fixtures: one real PostgreSQL and one real S3 endpoint per test session.
+
+By default both are the embedded servers, started in a temporary folder on free ports.
+Set PSO_TEST_DATABASE_URL (an admin URL to an existing server) and/or PSO_TEST_S3_ENDPOINT_URL
+(+ PSO_TEST_S3_ACCESS_KEY_ID / PSO_TEST_S3_SECRET_ACCESS_KEY) to use existing ones instead.
+
+Isolation: each test gets its own database, cloned from a migrated template (fast), and its
+own bucket prefix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from orchestration import settings as settings_module
+from orchestration.services import EmbeddedPostgres, EmbeddedS3, free_port_block
+from orchestration.settings import load_settings
+
+_counter = itertools.count()
+
+
+def _admin(url: str) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory) -> str:
+    """libpq URL of a server where tests may create databases."""
+    configured = os.environ.get("PSO_TEST_DATABASE_URL")
+    if configured:
+        yield configured.replace("postgresql+psycopg://", "postgresql://")
+        return
+    data_dir = tmp_path_factory.mktemp("pso-services")
+    server = EmbeddedPostgres(data_dir, free_port_block(1, start=25000))
+    server.start()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+    finally:
+        server.stop()
+
+
+def _sqlalchemy_url(admin_url: str, database: str) -> str:
+    base = admin_url.rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+psycopg://", 1) + f"/{database}"
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_admin_url) -> str:
+    """A database migrated to head once per session; tests clone it."""
+    from orchestration.migrate import upgrade
+
+    name = f"pso_template_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(_sqlalchemy_url(pg_admin_url, name))
+    yield name
+    with _admin(pg_admin_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _fresh_database(pg_admin_url: str, template: str | None) -> str:
+    name = f"pso_test_{os.getpid()}_{next(_counter)}"
+    with _admin(pg_admin_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+def _drop_database(pg_admin_url: str, name: str) -> None:
+    from resources.postgres import _engines
+
+    for key, engine in list(_engines.items()):
+        if key[0].endswith(f"/{name}"):
+            engine.dispose()
+            _engines.pop(key, None)
+    with _admin(pg_admin_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url) -> str:
+    """SQLAlchemy URL of a fresh, empty database."""
+    name = _fresh_database(pg_admin_url, None)
+    yield _sqlalchemy_url(pg_admin_url, name)
+    _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def database_url(pg_admin_url, template_database, monkeypatch) -> str:
+    """SQLAlchemy URL of a fresh database migrated to head; also exported as PSO_DATABASE_URL."""
+    name = _fresh_database(pg_admin_url, template_database)
+    url = _sqlalchemy_url(pg_admin_url, name)
+    monkeypatch.setenv("PSO_DATABASE_URL", url)
+    settings_module.get_settings.cache_clear()
+    yield url
+    settings_module.get_settings.cache_clear()
+    _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def engine(database_url) -> sa.Engine:
+    engine = sa.create_engine(database_url, connect_args={"prepare_threshold": None})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> dict:
+    """Endpoint and credentials of a real S3 server for this session."""
+    configured = os.environ.get("PSO_TEST_S3_ENDPOINT_URL")
+    if configured:
+        yield {"endpoint": configured, "key": os.environ["PSO_TEST_S3_ACCESS_KEY_ID"],
+               "secret": os.environ["PSO_TEST_S3_SECRET_ACCESS_KEY"]}
+        return
+    data_dir = Path(tmp_path_factory.mktemp("pso-s3"))
+    server = EmbeddedS3(data_dir, free_port_block(10, start=30000))
+    server.start()
+    key, secret = server.credentials()
+    try:
+        yield {"endpoint": server.endpoint, "key": key, "secret": secret}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict:
+    """Points the process environment at the test S3 with a bucket prefix of this test's own."""
+    prefix = f"t{os.getpid()}-{next(_counter)}"
+    monkeypatch.setenv("PSO_S3_ENDPOINT_URL", s3_server["endpoint"])
+    monkeypatch.setenv("PSO_S3_ACCESS_KEY_ID", s3_server["key"])
+    monkeypatch.setenv("PSO_S3_SECRET_ACCESS_KEY", s3_server["secret"])
+    monkeypatch.setenv("PSO_S3_REGION", "us-east-1")
+    monkeypatch.setenv("PSO_BUCKET_PREFIX", prefix)
+    settings_module.get_settings.cache_clear()
+    yield s3_server
+    settings_module.get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(database_url, s3_env):
+    """Settings for a test that uses both the database and S3 (buckets created)."""
+    from resources.s3 import ensure_buckets, s3_client
+
+    loaded = load_settings()
+    ensure_buckets(s3_client(loaded), loaded)
+    return loaded
+
+
+@pytest.fixture
+def s3(settings):
+    from resources.s3 import s3_client
+
+    return s3_client(settings)
+
+
+@pytest.fixture
+def resources(settings) -> dict:
+    """The Dagster resources of the definitions, pointed at this test's database and buckets."""
+    from orchestration.definitions import build_resources
+
+    return build_resources()

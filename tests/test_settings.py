@@ -1,0 +1,56 @@
+import pytest
+
+from orchestration.settings import SettingsError, load_settings
+
+
+def test_defaults_use_the_embedded_services(tmp_path):
+    settings = load_settings({"PSO_DATA_DIR": str(tmp_path)})
+    assert settings.embedded and settings.embedded_s3
+    assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1:54329/pso"
+    assert settings.dagster_storage_url.startswith("postgresql+psycopg2://")
+    assert settings.s3_endpoint == "http://127.0.0.1:18333"
+    assert settings.buckets.archive == "pso-archive"
+    assert settings.data_dir == tmp_path
+
+
+def test_configured_database_gets_the_right_drivers():
+    settings = load_settings({"PSO_DATABASE_URL": "postgresql://app:pw@db.internal:5432/service"})
+    assert not settings.embedded
+    assert settings.database_url == "postgresql+psycopg://app:pw@db.internal:5432/service"
+    # dagster-postgres needs psycopg2 even though SQLAlchemy 2.1 maps postgresql:// to psycopg 3
+    assert settings.dagster_storage_url == "postgresql+psycopg2://app:pw@db.internal:5432/service"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PSO_DATABASE_URL", "mysql://root@localhost/x"),
+        ("PSO_PG_PORT", "fifty"),
+        ("PSO_PG_PORT", "70000"),
+        ("PSO_S3_ENDPOINT_URL", "127.0.0.1:8333"),
+        ("PSO_BUCKET_ARCHIVE", "Not_A_Bucket"),
+        ("PSO_DB_POOL_SIZE", "0"),
+        ("PSO_ALERT_WEBHOOK_URL", "ftp://example"),
+    ],
+)
+def test_a_malformed_value_names_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: value})
+
+
+def test_credentials_must_come_in_pairs():
+    with pytest.raises(SettingsError, match="PSO_S3_SECRET_ACCESS_KEY"):
+        load_settings({"PSO_S3_ACCESS_KEY_ID": "AKIA"})
+
+
+def test_cli_reports_a_malformed_setting_and_exits_2(monkeypatch, capsys):
+    from orchestration import settings as settings_module
+    from orchestration.cli import main
+
+    monkeypatch.setenv("PSO_PG_PORT", "not-a-port")
+    settings_module.get_settings.cache_clear()
+    try:
+        assert main(["services", "status"]) == 2
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert "PSO_PG_PORT" in capsys.readouterr().err
