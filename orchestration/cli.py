@@ -85,38 +85,50 @@ def _prepare(settings, seed_if_empty: bool = True, scale: str = "demo") -> None:
 def cmd_run(args) -> int:
     settings = get_settings()
     _services_start(settings)
-    _prepare(settings, seed_if_empty=not args.no_seed)
-    settings = get_settings()
+    try:
+        return _prepare_and_serve(args)
+    finally:
+        if not args.keep_services:
+            _services_stop(settings)
 
+
+def _prepare_and_serve(args) -> int:
     from orchestration.instance import write_instance_yaml
 
+    _prepare(get_settings(), seed_if_empty=not args.no_seed)
+    settings = get_settings()
     home = settings.dagster_home
     write_instance_yaml(home)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     _apply_pools(env)
     url = f"http://127.0.0.1:{settings.dagster_port}"
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-               "-h", "127.0.0.1", "-p", str(settings.dagster_port)]
-    print(f"dagster   starting webserver and daemon: open {url}  (Ctrl-C stops everything)")
-    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    workspace = str(PROJECT_ROOT / "workspace.yaml")
+    bin_dir = os.path.dirname(sys.executable)
+    print(f"dagster   starting webserver and daemon: open {url}  (Ctrl-C stops everything)", flush=True)
+    # Webserver and daemon share one new process group, so one signal stops both.
+    webserver = subprocess.Popen(
+        [os.path.join(bin_dir, "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+        env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    daemon = subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
+                              env=env, cwd=PROJECT_ROOT, process_group=webserver.pid)
 
     def forward(signum, _frame):
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(webserver.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     try:
-        code = process.wait()
+        code = webserver.wait()
+        forward(signal.SIGTERM, None)  # the webserver died on its own: stop the daemon too
     finally:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        if not args.keep_services:
-            _services_stop(settings)
+        for process in (webserver, daemon):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     return 0 if code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else code
 
 

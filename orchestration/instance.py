@@ -26,16 +26,14 @@ POOL_LIMITS = {
 def instance_config(max_concurrent_runs: int = 4) -> dict:
     return {
         "storage": {"postgres": {"postgres_url": {"env": "PSO_DAGSTER_STORAGE_URL"}}},
-        "run_coordinator": {
-            "module": "dagster.core.run_coordinator",
-            "class": "QueuedRunCoordinator",
-            "config": {
+        "concurrency": {
+            "runs": {
                 "max_concurrent_runs": max_concurrent_runs,
                 # A wide backfill must not starve the nightly jobs.
                 "tag_concurrency_limits": [{"key": "dagster/backfill", "limit": max(1, max_concurrent_runs // 2)}],
             },
+            "pools": {"default_limit": 1, "granularity": "op"},
         },
-        "concurrency": {"pools": {"default_limit": 1, "granularity": "op"}},
         "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 30, "max_runtime_seconds": 6 * 3600},
         "run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
         "telemetry": {"enabled": False},
