@@ -188,7 +188,10 @@ def cmd_bench(args) -> int:
     return run_case(args.case, args.scale, record=not args.no_record)
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = {"run", "services", "migrate", "seed", "bench"}
+
+
+def build_parser(include_families: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pso", description="public-service-orchestration")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -218,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     bench.set_defaults(func=cmd_bench)
 
+    if not include_families:
+        return parser
     from assets import FAMILIES
 
     for family in FAMILIES:
@@ -229,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        # The core commands must work even while a family module is broken (e.g. to stop services).
+        core_only = bool(argv) and argv[0] in CORE_COMMANDS
+        args = build_parser(include_families=not core_only).parse_args(argv)
         get_settings()  # fail early, naming the variable, on a malformed setting
         return args.func(args) or 0
     except SettingsError as error:
