@@ -1,5 +1,373 @@
-"""Placeholder: filled in by this family's issue."""
+"""Multiplex results backfill (domain.md §5): the `result` table filled from legacy test orders and events.
 
-assets: list = []
-asset_checks: list = []
-jobs: list = []
+Two passes, in this order, over the months of the source row's `created_at`:
+
+1. the order pass: each order with a result and no `result` row carrying its id gets one COVID-19 row
+   (its current event, or NULL for a pending order), audit columns copied from the order;
+2. the event pass: each event with a result and no `result` row carrying its id gets one COVID-19 row,
+   audit columns from the event — after pass 1 these are only the superseded (corrected/removed) events.
+
+Each batch of 10,000 source rows (keyset on `internal_id`) is one transaction. An anti-join plus
+`ON CONFLICT DO NOTHING` makes a rerun a no-op: the unique key alone would not, because Postgres treats
+NULLs as distinct. The backfill only ever inserts `result` rows.
+
+Order independence: months may run in any order, or concurrently. An event's month can be earlier or later
+than its order's, so the event pass first applies the order pass to the orders of its batch (the same row
+the order's own month would insert); otherwise a superseded event's row would make the order pass skip
+the order. One transaction-scoped advisory lock serialises batches (PgBouncer-safe), so two runs never
+both insert a pending order's row (NULL `test_event_id`, which the unique key cannot catch).
+"""
+
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetSpec,
+    BackfillPolicy,
+    BetaWarning,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+    define_asset_job,
+)
+
+from orchestration.partitions import months_partitions
+from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
+from resources.postgres import PostgresResource
+
+GROUP = "results"
+BATCH_SIZE = 10_000
+# pg_advisory_xact_lock key of the backfill ("multiplex" in ASCII, as a bigint): one writer at a time.
+BACKFILL_LOCK_KEY = 0x6D756C7469706C78
+_NIL_UUID = uuid.UUID(int=0)  # below every gen_random_uuid(): the keyset's starting point
+
+# --------------------------------------------------------------------------- source tables (lineage)
+
+test_order_spec = AssetSpec("test_order", group_name=GROUP, kinds={"postgres"},
+                            description="SimpleReport test orders (operational; written by the app). "
+                                        "Legacy outcome in `result`; `test_event_id` is the current event.")
+test_event_spec = AssetSpec("test_event", group_name=GROUP, kinds={"postgres"},
+                            description="SimpleReport test events (operational, immutable): ORIGINAL, "
+                                        "CORRECTED and REMOVED events chained by prior_corrected_test_event_id.")
+supported_disease_spec = AssetSpec("supported_disease", group_name=GROUP, kinds={"postgres"},
+                                   description="Diseases a result can be for (COVID-19, Flu A, Flu B).")
+
+
+# --------------------------------------------------------------------------- SQL
+
+def _snomed_case(column: str) -> tuple[str, dict]:
+    """`CASE column WHEN … THEN <SNOMED> END` from SNOMED_BY_TEST_RESULT, with bound parameters."""
+    whens, params = [], {}
+    for i, (test_result, snomed) in enumerate(sorted(SNOMED_BY_TEST_RESULT.items())):
+        whens.append(f"WHEN :tr{i} THEN :snomed{i}")
+        params[f"tr{i}"] = test_result
+        params[f"snomed{i}"] = snomed
+    return f"CASE {column} {' '.join(whens)} END", params
+
+
+_SNOMED_SQL, _SNOMED_PARAMS = _snomed_case("src.result")
+
+_INSERT_COLUMNS = ("created_at, created_by, updated_at, updated_by, is_deleted, "
+                   "test_event_id, test_order_id, disease_id, result, test_result")
+
+# Rule 1 for the orders picked by `{orders}` (a query yielding test_order rows as `src`).
+_ORDER_ROWS_INSERT = f"""
+    INSERT INTO result ({_INSERT_COLUMNS})
+    SELECT src.created_at, src.created_by, src.updated_at, src.updated_by, false,
+           src.test_event_id, src.internal_id, :disease_id, {_SNOMED_SQL}, src.result
+    FROM {{orders}} AS src
+    WHERE src.result IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_order_id = src.internal_id)
+    ORDER BY src.internal_id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+"""
+
+ORDER_PASS_BATCH = sa.text(f"""
+    WITH batch AS (
+        SELECT o.internal_id, o.test_event_id, o.result, o.created_at, o.created_by, o.updated_at, o.updated_by
+        FROM test_order AS o
+        WHERE o.created_at >= :start AND o.created_at < :end
+          AND o.internal_id > :after
+          AND o.result IS NOT NULL
+        ORDER BY o.internal_id
+        LIMIT :batch_size
+    ), inserted AS ({_ORDER_ROWS_INSERT.format(orders="batch")})
+    SELECT (SELECT count(*) FROM batch) AS scanned,
+           (SELECT internal_id FROM batch ORDER BY internal_id DESC LIMIT 1) AS last_id,
+           (SELECT count(*) FROM inserted) AS inserted,
+           0 AS order_rows
+""")
+
+# Rule 2, after applying rule 1 to the batch's orders (order independence, see the module docstring).
+# Two statements of one transaction: the second must see the first one's rows.
+EVENT_PASS_ORDER_ROWS = sa.text(f"""
+    WITH batch AS (
+        SELECT e.test_order_id
+        FROM test_event AS e
+        WHERE e.created_at >= :start AND e.created_at < :end
+          AND e.internal_id > :after
+          AND e.result IS NOT NULL
+        ORDER BY e.internal_id
+        LIMIT :batch_size
+    ), orders AS (
+        -- Orders inside this run's window had their order pass already.
+        SELECT o.* FROM test_order AS o
+        WHERE o.internal_id IN (SELECT test_order_id FROM batch)
+          AND (o.created_at < :run_start OR o.created_at >= :run_end)
+    ), inserted AS ({_ORDER_ROWS_INSERT.format(orders="orders")})
+    SELECT count(*) FROM inserted
+""")
+
+EVENT_PASS_BATCH = sa.text(f"""
+    WITH batch AS (
+        SELECT e.internal_id, e.test_order_id, e.result, e.created_at, e.created_by, e.updated_at, e.updated_by
+        FROM test_event AS e
+        WHERE e.created_at >= :start AND e.created_at < :end
+          AND e.internal_id > :after
+          AND e.result IS NOT NULL
+        ORDER BY e.internal_id
+        LIMIT :batch_size
+    ), inserted AS (
+        INSERT INTO result ({_INSERT_COLUMNS})
+        SELECT src.created_at, src.created_by, src.updated_at, src.updated_by, false,
+               src.internal_id, src.test_order_id, :disease_id, {_SNOMED_SQL}, src.result
+        FROM batch AS src
+        WHERE NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_event_id = src.internal_id)
+        ORDER BY src.internal_id
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM batch) AS scanned,
+           (SELECT internal_id FROM batch ORDER BY internal_id DESC LIMIT 1) AS last_id,
+           (SELECT count(*) FROM inserted) AS inserted
+""")
+
+LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+
+
+# --------------------------------------------------------------------------- plain functions
+
+@dataclass
+class BackfillCounts:
+    """What a backfill over a window did, per pass and per month (`YYYY-MM` of the source row)."""
+
+    order_pass: dict[str, int] = field(default_factory=dict)
+    event_pass: dict[str, int] = field(default_factory=dict)
+    # Order rows the event pass inserted for orders of its events (order not backfilled yet).
+    order_rows_from_event_pass: int = 0
+    scanned: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def order_rows(self) -> int:
+        return sum(self.order_pass.values())
+
+    @property
+    def event_rows(self) -> int:
+        return sum(self.event_pass.values())
+
+    @property
+    def inserted(self) -> int:
+        return self.order_rows + self.event_rows + self.order_rows_from_event_pass
+
+
+def month_starts(start: datetime, end: datetime) -> list[datetime]:
+    """First instants (UTC) of the months that intersect [start, end)."""
+    start = start.astimezone(timezone.utc)
+    current = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    months = []
+    while current < end:
+        months.append(current)
+        current = (current + timedelta(days=32)).replace(day=1)
+    return months
+
+
+def _month_windows(start: datetime, end: datetime) -> list[tuple[str, datetime, datetime]]:
+    windows = []
+    for month in month_starts(start, end):
+        following = (month + timedelta(days=32)).replace(day=1)
+        windows.append((month.strftime("%Y-%m"), max(month, start), min(following, end)))
+    return windows
+
+
+def _run_batches(conn: sa.Connection, window: tuple[datetime, datetime], run: tuple[datetime, datetime],
+                 batch_size: int, statement: sa.TextClause, counts: BackfillCounts,
+                 before_batch: sa.TextClause | None = None) -> int:
+    """Keyset loop over one month's `window` of a run over `run`: one transaction per batch; returns rows
+    inserted by `statement`."""
+    inserted = 0
+    after = _NIL_UUID
+    while True:
+        params = {"start": window[0], "end": window[1], "run_start": run[0], "run_end": run[1], "after": after,
+                  "batch_size": batch_size, "disease_id": COVID19_DISEASE_ID, **_SNOMED_PARAMS}
+        conn.execute(LOCK, {"key": BACKFILL_LOCK_KEY})
+        if before_batch is not None:
+            counts.order_rows_from_event_pass += conn.execute(before_batch, params).scalar_one()
+        row = conn.execute(statement, params).one()
+        conn.commit()
+        counts.batches += 1
+        counts.scanned += row.scanned
+        inserted += row.inserted
+        if row.scanned < batch_size:
+            return inserted
+        after = row.last_id
+
+
+def backfill_results(conn: sa.Connection, start: datetime, end: datetime, batch_size: int = BATCH_SIZE,
+                     log=None) -> BackfillCounts:
+    """Both passes over source rows created in [start, end): the order pass over every month, then the event pass.
+
+    Commits after each batch, so `conn` must not be inside a caller's transaction.
+    """
+    if conn.in_transaction():
+        conn.commit()  # a caller's autobegun read transaction; each batch is its own transaction
+    counts = BackfillCounts()
+    started = time.perf_counter()
+    windows = _month_windows(start, end)
+    for month, window_start, window_end in windows:
+        counts.order_pass[month] = _run_batches(conn, (window_start, window_end), (start, end), batch_size,
+                                                ORDER_PASS_BATCH, counts)
+        if log:
+            log.info(f"order pass {month}: {counts.order_pass[month]} result rows inserted")
+    for month, window_start, window_end in windows:
+        counts.event_pass[month] = _run_batches(conn, (window_start, window_end), (start, end), batch_size,
+                                                EVENT_PASS_BATCH, counts, before_batch=EVENT_PASS_ORDER_ROWS)
+        if log:
+            log.info(f"event pass {month}: {counts.event_pass[month]} result rows inserted")
+    counts.seconds = time.perf_counter() - started
+    return counts
+
+
+MISSING_BY_MONTH = sa.text("""
+    SELECT 'order' AS source, to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month, count(*) AS missing,
+           (array_agg(o.internal_id::text ORDER BY o.internal_id))[1:5] AS sample_ids
+    FROM test_order AS o
+    WHERE o.result IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_order_id = o.internal_id)
+    GROUP BY 2
+    UNION ALL
+    SELECT 'event', to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM'), count(*),
+           (array_agg(e.internal_id::text ORDER BY e.internal_id))[1:5]
+    FROM test_event AS e
+    WHERE e.result IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_event_id = e.internal_id)
+    GROUP BY 2
+    ORDER BY 2, 1
+""")
+
+
+@dataclass
+class MissingResults:
+    orders: int
+    events: int
+    by_month: list[tuple[str, str, int]]  # (source, month, missing)
+    sample_order_ids: list[str]
+    sample_event_ids: list[str]
+
+    @property
+    def total(self) -> int:
+        return self.orders + self.events
+
+
+def find_missing_results(conn: sa.Connection, sample: int = 5) -> MissingResults:
+    """Orders and events that have a result but no `result` row carrying their id (ids only)."""
+    rows = conn.execute(MISSING_BY_MONTH).all()
+    orders = [r for r in rows if r.source == "order"]
+    events = [r for r in rows if r.source == "event"]
+    return MissingResults(
+        orders=sum(r.missing for r in orders),
+        events=sum(r.missing for r in events),
+        by_month=[(r.source, r.month, r.missing) for r in rows],
+        sample_order_ids=[i for r in orders for i in r.sample_ids][:sample],
+        sample_event_ids=[i for r in events for i in r.sample_ids][:sample],
+    )
+
+
+def _counts_table(counts: BackfillCounts) -> str:
+    lines = ["| month | order pass | event pass |", "|---|---:|---:|"]
+    for month in sorted(set(counts.order_pass) | set(counts.event_pass)):
+        lines.append(f"| {month} | {counts.order_pass.get(month, 0):,} | {counts.event_pass.get(month, 0):,} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- Dagster
+
+def _result(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
+    window = context.partition_time_window
+    context.log.info(f"results backfill over [{window.start.isoformat()}, {window.end.isoformat()})")
+    with postgres.connect() as conn:
+        counts = backfill_results(conn, window.start, window.end, log=context.log)
+    return MaterializeResult(metadata={
+        "rows_inserted": counts.inserted,
+        "rows_inserted_order_pass": counts.order_rows,
+        "rows_inserted_event_pass": counts.event_rows,
+        "order_rows_inserted_by_event_pass": MetadataValue.int(counts.order_rows_from_event_pass),
+        "source_rows_scanned": counts.scanned,
+        "batches": counts.batches,
+        "months": len(counts.order_pass),
+        "duration_seconds": MetadataValue.float(round(counts.seconds, 3)),
+        "rows_inserted_per_month": MetadataValue.md(_counts_table(counts)),
+    })
+
+
+# BackfillPolicy is marked beta but is the documented way to run a range as one run.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", BetaWarning)
+    result = asset(
+        name="result",
+        group_name=GROUP,
+        kinds={"postgres"},
+        deps=[test_order_spec, test_event_spec, supported_disease_spec],
+        partitions_def=months_partitions,
+        # A backfill over any range of months is one run: order pass over the range, then event pass.
+        backfill_policy=BackfillPolicy.single_run(),
+        pool="multiplex_backfill",
+        description="One row per disease per test (§5). Backfilled from legacy orders and events: COVID-19 only, "
+                    "SNOMED codes, audit columns copied. Partitions are months of the source row's created_at; "
+                    "manual only (launch a backfill from the UI). Inserts only; a rerun is a no-op.",
+    )(_result)
+
+
+@asset_check(asset=result, name="every_result_backfilled",
+             description="Orders and events with a result but no `result` row carrying their id: must be 0.")
+def every_result_backfilled(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
+    with postgres.connect() as conn:
+        missing = find_missing_results(conn)
+    table = ["| source | month | missing |", "|---|---|---:|"] + [
+        f"| {source} | {month} | {count:,} |" for source, month, count in missing.by_month]
+    return AssetCheckResult(
+        passed=missing.total == 0,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if missing.total == 0 else (
+            f"{missing.total} orders/events have a result but no result row "
+            f"(orders {missing.orders}, events {missing.events})"),
+        metadata={
+            "missing": missing.total,
+            "orders_missing": missing.orders,
+            "events_missing": missing.events,
+            "sample_order_ids": MetadataValue.json(missing.sample_order_ids),
+            "sample_event_ids": MetadataValue.json(missing.sample_event_ids),
+            "missing_per_month": MetadataValue.md("\n".join(table) if missing.by_month else "none"),
+        },
+    )
+
+
+multiplex_backfill_job = define_asset_job(
+    "multiplex_backfill", selection=[result.key],
+    description="Manual: backfill `result` for a month (or a range: one run, order pass then event pass).",
+)
+
+assets: list = [test_order_spec, test_event_spec, supported_disease_spec, result]
+asset_checks: list = [every_result_backfilled]
+jobs: list = [multiplex_backfill_job]

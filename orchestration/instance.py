@@ -37,6 +37,8 @@ def instance_config(max_concurrent_runs: int = 4) -> dict:
         "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 30, "max_runtime_seconds": 6 * 3600},
         "run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
         "telemetry": {"enabled": False},
+        # Our own modules' log lines (e.g. "waiting for a free connection") show in the run's event log.
+        "python_logs": {"managed_python_loggers": ["resources", "assets", "orchestration"]},
     }
 
 

@@ -462,6 +462,8 @@ dialysissession = Table(
     Column("pid", Text, ForeignKey("patientrecord.pid", ondelete="CASCADE"), nullable=False, index=True),
     Column("proceduretypecode", Text),
     Column("proceduretime", NAIVE_TIMESTAMP),
+    # In-centre frequency reads a patient's sessions in a window: an index-only range scan.
+    Index(None, "pid", "proceduretime", postgresql_include=["proceduretypecode"]),
 )
 
 facility = Table(
@@ -477,7 +479,10 @@ stats_settings = Table(
     Column("aot_min_records", Integer, nullable=False, server_default=text("5000")),
     Column("aot_kinds", ARRAY(Text), nullable=False, server_default=text("'{dialysis}'::text[]")),
     Column("skip_if_fresher_than", Interval, nullable=False, server_default=text("'01:00:00'::interval")),
+    # expires_at = computed_at + ttl (§2.3: 8 h); read at every run, so a change applies at the next tick.
+    Column("ttl", Interval, nullable=False, server_default=text("'08:00:00'::interval")),
     CheckConstraint("id = 1", name="single_row"),
+    CheckConstraint("ttl > '00:00:00'::interval", name="ttl"),
     CheckConstraint("aot_kinds <@ ARRAY['dialysis', 'demographics']::text[]", name="aot_kinds"),
 )
 

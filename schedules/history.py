@@ -1,3 +1,84 @@
-"""Placeholder: filled in by this family's issue."""
+"""Nightly history schedules, at upstream Notify's UTC times (domain.md §6).
 
-schedules: list = []
+Each tick requests ONE run over a range of London-day partitions (tags
+dagster/asset_partition_range_start/_end), covering the days that can hold due rows:
+- 00:30 ft_notification_status: yesterday and 3 days before for email/SMS; 9 days before for letters;
+- 01:35 deep archive: the 10 days just past 365 days old (≤ 240 hours, as upstream's limit per run);
+- 01:40 inbound SMS and 03:00 notification archive: the last 100 days (upstream's longest retention is 90).
+Rows older than these windows are reached by a backfill from the UI.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from dagster import RunRequest, ScheduleEvaluationContext, schedule
+
+from assets.history import (
+    FACT_DAYS_BACK,
+    NIGHTLY_LOOKBACK_DAYS,
+    deep_archive_job,
+    ft_notification_status_job,
+    inbound_sms_archive_job,
+    notification_archive_job,
+)
+from orchestration.clock import london_date
+from orchestration.partitions import london_days_partitions
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+FIRST_DAY = london_days_partitions.start.date()
+
+
+def _range_request(name: str, first: date, last: date, tick_day: date, run_config: dict | None = None) -> RunRequest:
+    first = max(first, FIRST_DAY)
+    return RunRequest(
+        run_key=f"{name}:{tick_day.isoformat()}",
+        run_config=run_config or {},
+        tags={RANGE_START: first.isoformat(), RANGE_END: last.isoformat()},
+    )
+
+
+def _today(context: ScheduleEvaluationContext) -> date:
+    return london_date(context.scheduled_execution_time)
+
+
+@schedule(name="ft_notification_status_nightly", job=ft_notification_status_job, cron_schedule="30 0 * * *",
+          execution_timezone="UTC")
+def ft_notification_status_nightly(context: ScheduleEvaluationContext):
+    today = _today(context)
+    yesterday = today - timedelta(days=1)
+    requests = []
+    for types, days_back in ((["email", "sms"], FACT_DAYS_BACK["email"]), (["letter"], FACT_DAYS_BACK["letter"])):
+        requests.append(_range_request(
+            f"ft_notification_status:{'+'.join(types)}", yesterday - timedelta(days=days_back - 1), yesterday,
+            today, {"ops": {"ft_notification_status": {"config": {"notification_types": types}}}}))
+    return requests
+
+
+@schedule(name="notification_history_deep_archive_nightly", job=deep_archive_job, cron_schedule="35 1 * * *",
+          execution_timezone="UTC")
+def notification_history_deep_archive_nightly(context: ScheduleEvaluationContext):
+    today = _today(context)
+    last = today - timedelta(days=366)
+    return _range_request("deep_archive", last - timedelta(days=9), last, today)
+
+
+@schedule(name="inbound_sms_archive_nightly", job=inbound_sms_archive_job, cron_schedule="40 1 * * *",
+          execution_timezone="UTC")
+def inbound_sms_archive_nightly(context: ScheduleEvaluationContext):
+    today = _today(context)
+    yesterday = today - timedelta(days=1)
+    return _range_request("inbound_sms_archive", yesterday - timedelta(days=NIGHTLY_LOOKBACK_DAYS), yesterday, today)
+
+
+@schedule(name="notification_archive_nightly", job=notification_archive_job, cron_schedule="0 3 * * *",
+          execution_timezone="UTC")
+def notification_archive_nightly(context: ScheduleEvaluationContext):
+    today = _today(context)
+    yesterday = today - timedelta(days=1)
+    return _range_request("notification_archive", yesterday - timedelta(days=NIGHTLY_LOOKBACK_DAYS), yesterday, today)
+
+
+schedules = [ft_notification_status_nightly, notification_history_deep_archive_nightly, inbound_sms_archive_nightly,
+             notification_archive_nightly]

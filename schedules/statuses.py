@@ -1,3 +1,39 @@
-"""Placeholder: filled in by this family's issue."""
+"""03:00 Europe/London full refresh of every programme partition (domain.md §1.8).
 
-schedules: list = []
+One run over the whole programme partition range; it also marks every refresh request made before
+it started. The asset retries 3 times (RetryPolicy); the assets' FreshnessPolicy (deadline 06:00
+London) makes a refresh that has not succeeded by 06:00 visible as failing freshness in the UI.
+"""
+
+from __future__ import annotations
+
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+
+from assets.statuses import status_refresh_job
+from orchestration.clock import london_date
+from orchestration.partitions import programmes_partitions
+from sensors.statuses import TRIGGER_TAG, all_programmes_tags, refresh_run_config
+
+
+@schedule(
+    name="status_refresh_nightly",
+    job=status_refresh_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="Europe/London",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Full refresh of the cached statuses of every programme at 03:00 London (safety net for the "
+                "day change and for changes that raised no refresh request).",
+)
+def status_refresh_nightly(context: ScheduleEvaluationContext):
+    partitions = list(context.instance.get_dynamic_partitions(programmes_partitions.name))
+    if not partitions:
+        return SkipReason("no programme partitions yet")
+    day = london_date(context.scheduled_execution_time)
+    return RunRequest(
+        run_key=f"status_refresh_nightly:{day.isoformat()}",
+        run_config=refresh_run_config("all", today=day),
+        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "nightly"},
+    )
+
+
+schedules = [status_refresh_nightly]

@@ -3,6 +3,8 @@
 set -euo pipefail
 needed=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || needed+=(pgbouncer)
+# Headless browser for tests/test_browser.py (Playwright drives it; no browser download).
+[ -x /usr/bin/chromium ] || needed+=(chromium)
 if [ ${#needed[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-test-deps: not root; tests needing ${needed[*]} will be skipped with a reason" >&2

@@ -47,11 +47,11 @@ def record_alert(conn: sa.Connection, kind: str, message: str, details: Mapping[
 def post_webhook(url: str, payload: Mapping[str, Any], timeout: float = WEBHOOK_TIMEOUT_SECONDS) -> bool:
     """POST `payload` as JSON. A failing webhook is logged, never raised: the alert row is
     already committed and the sensor must keep running."""
-    request = urllib.request.Request(
-        url, data=json.dumps(payload, default=str).encode(), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "public-service-orchestration-alerts"},
-    )
     try:
+        request = urllib.request.Request(
+            url, data=json.dumps(payload, default=str).encode(), method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "public-service-orchestration-alerts"},
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             ok = 200 <= response.status < 300
             if not ok:

@@ -1,3 +1,143 @@
-"""Placeholder: filled in by this family's issue."""
+"""Cohort stats sensors (domain.md §2.5).
 
-sensors: list = []
+- `on_sync_complete(run)`: a finished `renal_feed` sync refreshes the units it touched
+  (`sync_runs.touched` = facility codes), registering their `renal_units` partitions if new.
+  Runs are forced (skip_if_fresher_than does not apply: the data just changed). For units at or
+  below the cutoff the asset refreshes only the entries readers already created.
+- `renal_units_registry`: every 5 minutes reads `stats_settings`, registers every unit above the
+  cutoff as a `renal_units` partition and requests a fill run for eligible units whose current
+  entries are missing (new unit, lowered cutoff, new London day's windows, a kind added to
+  aot_kinds) or expired past the grace (shortened TTL, a missed schedule tick). Dagster schedules
+  cannot return dynamic-partition requests in 1.13 (only RunRequest/SkipReason), so registration
+  lives here and the 8-hourly schedule requests runs for registered eligible units.
+
+The registry has no cursor: each tick reconciles the partitions with the database. Its run keys
+name the unit and the state that made the run due, so a reset cannot repeat or lose one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from assets.cohort_stats import (
+    JOB_NAME,
+    KINDS,
+    REFRESH_GRACE,
+    eligible_units,
+    expired_aot_entries,
+    facility_stats_job,
+    read_stats_settings,
+    run_asset_selection,
+)
+from orchestration.clock import london_today, now_utc
+from orchestration.partitions import renal_units_partitions
+from resources.postgres import PostgresResource
+from sensors.sync_complete import SyncReaction, SyncRun
+
+log = logging.getLogger(__name__)
+
+MAX_RUNS_PER_TICK = 50
+PARTITION_ADD_CHUNK = 500
+# Partition keys must stay free of commas, brackets and JSON (dagster #15105, #32183).
+_VALID_UNIT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def stats_run_config(kinds, force: bool, reason: str) -> dict:
+    return {"ops": {f"facility_stats_{k}": {"config": {"force": force, "reason": reason}} for k in KINDS if k in kinds}}
+
+
+def stats_run_request(unit: str, kinds, run_key: str, force: bool, reason: str) -> RunRequest:
+    return RunRequest(run_key=run_key, job_name=JOB_NAME, partition_key=unit,
+                      asset_selection=run_asset_selection(kinds), run_config=stats_run_config(kinds, force, reason),
+                      tags={"pso/family": "cohort_stats", "pso/reason": reason.split(":")[0]})
+
+
+def _facility_codes(conn, codes: list[str]) -> set[str]:
+    import sqlalchemy as sa
+
+    rows = conn.execute(sa.text("SELECT code FROM facility WHERE code = ANY(CAST(:codes AS text[]))"), {"codes": codes})
+    return {r[0] for r in rows}
+
+
+def on_sync_complete(run: SyncRun) -> SyncReaction:
+    """Refresh the units a finished renal_feed sync touched (both kinds; the asset decides per unit)."""
+    from orchestration.settings import get_settings
+    from resources.postgres import make_engine
+
+    touched = sorted({str(c) for c in (run.touched or []) if isinstance(c, (str, int))})
+    invalid = [c for c in touched if not _VALID_UNIT.match(c)]
+    if invalid:
+        log.warning("renal_feed sync %s: %d touched codes are not valid unit codes; skipped", run.id, len(invalid))
+    candidates = [c for c in touched if _VALID_UNIT.match(c)]
+    if not candidates:
+        return SyncReaction()
+    with make_engine(get_settings().database_url).connect() as conn:
+        known = _facility_codes(conn, candidates)
+    missing = [c for c in candidates if c not in known]
+    if missing:
+        log.warning("renal_feed sync %s: facility codes without a facility row skipped: %s", run.id, ", ".join(missing))
+    units = [c for c in candidates if c in known]
+    if not units:
+        return SyncReaction()
+    return SyncReaction(
+        run_requests=[stats_run_request(u, KINDS, f"renal_feed:{run.id}:{u}", force=True, reason=f"renal_feed:{run.id}")
+                      for u in units],
+        # Adding a key that exists is a no-op, so there is no need to ask the instance first.
+        dynamic_partitions_requests=[renal_units_partitions.build_add_request(units)],
+    )
+
+
+@sensor(
+    name="renal_units_registry",
+    job=facility_stats_job,
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Registers renal units above stats_settings.aot_min_records as renal_units partitions and "
+    "requests a run for eligible units whose current stats are missing or overdue (settings read every tick).",
+)
+def renal_units_registry(context: SensorEvaluationContext, postgres: PostgresResource):
+    now = now_utc()
+    today = london_today(now)
+    with postgres.connect() as conn:
+        with conn.begin():
+            settings = read_stats_settings(conn)
+            eligible, missing_facility = eligible_units(conn, settings)
+        expired, missing, _ = expired_aot_entries(conn, now, grace=REFRESH_GRACE)
+    if missing_facility:
+        context.log.warning("above the cutoff but no facility row (skipped): "
+                            + ", ".join(c.facility_code for c in missing_facility))
+    registered = set(context.instance.get_dynamic_partitions(renal_units_partitions.name))
+    units = [c.facility_code for c in eligible if _VALID_UNIT.match(c.facility_code)]
+    new = [u for u in units if u not in registered]
+    kinds = settings.aot_kinds
+    kinds_tag = "+".join(kinds)
+    due: dict[str, str] = {}
+    for key in missing:
+        due.setdefault(key["facility_code"], f"missing:{key['window_end'].isoformat()}")
+    for key in expired:
+        due.setdefault(key["facility_code"], f"expired:{now:%Y%m%dT%H}")
+    run_requests = [
+        stats_run_request(u, kinds, f"fill:{u}:{kinds_tag}:{state}", force=False, reason="registry")
+        for u, state in sorted(due.items()) if u in units
+    ][:MAX_RUNS_PER_TICK]
+    partition_requests = [renal_units_partitions.build_add_request(new[i:i + PARTITION_ADD_CHUNK])
+                          for i in range(0, len(new), PARTITION_ADD_CHUNK)]
+    if not run_requests and not partition_requests:
+        return SkipReason(f"{len(units)} units above cutoff {settings.aot_min_records}: all registered and current "
+                          f"({today})")
+    context.log.info(f"cutoff {settings.aot_min_records}, kinds {kinds_tag}: registering {len(new)} unit(s), "
+                     f"{len(run_requests)} fill run(s)")
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests)
+
+
+sensors = [renal_units_registry]

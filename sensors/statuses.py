@@ -1,3 +1,312 @@
-"""Placeholder: filled in by this family's issue."""
+"""Status refresh sensors (domain.md §1.8): programme_added, day_change, status_refresh_requests,
+and the statuses handler of the shared sync_complete sensor.
 
-sensors: list = []
+All of them request runs of the `status_refresh` job over programme partitions. A run that covers
+every programme is ONE run over the partition range first..last (the asset has a single-run
+backfill policy), so refresh requests can be marked processed in the same transaction as the run's
+last batch. Refreshes never overlap: the asset's pool `status_refresh` has one slot, and every batch
+takes the same `pg_advisory_xact_lock`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.statuses import DATE_DEPENDENT_KEYS, STATUS_ASSET_KEYS, status_refresh_job
+from orchestration.clock import london_today, now_utc
+from orchestration.partitions import programmes_partitions
+from orchestration.schema import RefreshScope
+from resources.postgres import PostgresResource
+from sensors.sync_complete import SyncReaction, SyncRun
+
+LOOK_BACK = timedelta(minutes=10)
+MAX_PROGRAMME_ROWS_PER_TICK = 2_000
+MAX_REQUESTS_PER_RUN = 10_000
+TRIGGER_TAG = "pso/trigger"
+ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
+                   DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def refresh_run_config(scope: str, patient_ids=(), session_ids=(), request_ids=(), today: date | None = None) -> dict:
+    config: dict[str, Any] = {"scope": scope, "patient_ids": sorted(set(patient_ids)),
+                              "session_ids": sorted(set(session_ids)), "request_ids": sorted(set(request_ids))}
+    if today is not None:
+        config["today"] = today.isoformat()
+    return {"ops": {"status_tables": {"config": config}}}
+
+
+def all_programmes_tags(partition_keys: list[str]) -> dict[str, str]:
+    """Tags for ONE run over every programme partition (dynamic partitions keep insertion order)."""
+    return {ASSET_PARTITION_RANGE_START_TAG: partition_keys[0], ASSET_PARTITION_RANGE_END_TAG: partition_keys[-1]}
+
+
+def _programme_keys(context: SensorEvaluationContext) -> list[str]:
+    return list(context.instance.get_dynamic_partitions(programmes_partitions.name))
+
+
+# --- programme_added --------------------------------------------------------------------------
+
+
+@dataclass
+class HighWaterCursor:
+    """High-water mark on created_at plus the ids seen inside the look-back window."""
+
+    watermark: datetime | None = None
+    seen_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "HighWaterCursor":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        mark = data.get("watermark")
+        return cls(datetime.fromisoformat(mark) if mark else None, list(data.get("seen_ids", [])))
+
+    def dump(self) -> str:
+        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None,
+                           "seen_ids": sorted(self.seen_ids)})
+
+    def advance(self, rows: list[dict]) -> "HighWaterCursor":
+        if not rows:
+            return self
+        watermark = max([r["created_at"] for r in rows] + ([self.watermark] if self.watermark else []))
+        keep_after = watermark - LOOK_BACK
+        recent = {r["id"] for r in rows if r["created_at"] >= keep_after}
+        return HighWaterCursor(watermark, sorted(set(self.seen_ids[-5000:]) | recent))
+
+
+def new_session_programmes(conn: sa.Connection, cursor: HighWaterCursor,
+                           limit: int = MAX_PROGRAMME_ROWS_PER_TICK) -> list[dict]:
+    since = cursor.watermark - LOOK_BACK if cursor.watermark else None
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT sp.id, sp.session_id, p.type AS programme, sp.created_at
+            FROM session_programmes AS sp JOIN programmes AS p ON p.id = sp.programme_id
+            WHERE (CAST(:since AS timestamptz) IS NULL OR sp.created_at >= CAST(:since AS timestamptz))
+              AND NOT (sp.id = ANY(CAST(:seen AS bigint[])))
+            ORDER BY sp.created_at, sp.id
+            LIMIT :limit
+            """
+        ),
+        {"since": since, "seen": cursor.seen_ids, "limit": limit},
+    ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def programme_added_requests(rows: list[dict], known_partitions: set[str]):
+    """(new partition keys, run requests): one session-scoped run per programme, keyed by the row ids."""
+    by_programme: dict[str, list[dict]] = {}
+    for row in rows:
+        by_programme.setdefault(row["programme"], []).append(row)
+    new_keys = sorted(set(by_programme) - known_partitions)
+    requests = []
+    for programme, items in sorted(by_programme.items()):
+        ids = sorted(r["id"] for r in items)
+        requests.append(RunRequest(
+            run_key=f"programme_added:{programme}:{ids[0]}-{ids[-1]}:{len(ids)}",
+            partition_key=programme,
+            run_config=refresh_run_config("sessions", session_ids=[r["session_id"] for r in items]),
+            tags={TRIGGER_TAG: "programme_added"},
+        ))
+    return new_keys, requests
+
+
+@sensor(
+    name="programme_added",
+    job=status_refresh_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="New session_programmes rows: add the programme partition if new, refresh that session.",
+)
+def programme_added_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    cursor = HighWaterCursor.parse(context.cursor)
+    with postgres.connect() as conn:
+        rows = new_session_programmes(conn, cursor)
+    if not rows:
+        return SkipReason("no new session programmes")
+    new_keys, requests = programme_added_requests(rows, set(_programme_keys(context)))
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[programmes_partitions.build_add_request(new_keys)] if new_keys else [],
+        cursor=cursor.advance(rows).dump(),
+    )
+
+
+# --- day_change -------------------------------------------------------------------------------
+
+
+def sessions_between(conn: sa.Connection, first: date, last: date) -> list[int]:
+    return conn.execute(
+        sa.text("SELECT DISTINCT session_id FROM session_dates WHERE value BETWEEN :a AND :b ORDER BY session_id"),
+        {"a": first, "b": last},
+    ).scalars().all()
+
+
+def crosses_academic_year(previous: date, today: date) -> bool:
+    """True when a 1 September lies in (previous, today]: every year group, so every eligibility, changes."""
+    year = today.year if (today.month, today.day) >= (9, 1) else today.year - 1
+    return previous < date(year, 9, 1) <= today
+
+
+@sensor(
+    name="day_change",
+    job=status_refresh_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Once per Europe/London date: refresh the session and registration statuses of the sessions "
+                "held between the last handled date and today (everything on 1 September).",
+)
+def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    today = london_today(now_utc())
+    handled = date.fromisoformat(context.cursor) if context.cursor else None
+    if handled is not None and handled >= today:
+        return SkipReason(f"{today.isoformat()} already handled")
+    partitions = _programme_keys(context)
+    if not partitions:
+        return SensorResult(skip_reason=SkipReason("no programme partitions yet"), cursor=today.isoformat())
+    previous = handled or today
+    tags = {**all_programmes_tags(partitions), TRIGGER_TAG: "day_change"}
+    if crosses_academic_year(previous, today):
+        config = refresh_run_config("all", today=today)
+        selection = STATUS_ASSET_KEYS  # eligibility changed: every table
+    else:
+        with postgres.connect() as conn:
+            session_ids = sessions_between(conn, previous, today)
+        if not session_ids:
+            return SensorResult(skip_reason=SkipReason(f"no sessions between {previous} and {today}"),
+                                cursor=today.isoformat())
+        config = refresh_run_config("sessions", session_ids=session_ids, today=today)
+        selection = DATE_DEPENDENT_KEYS
+    # Catch-up after downtime: one run for today (the key holds the date: never twice for a date).
+    request = RunRequest(run_key=f"day_change:{today.isoformat()}", run_config=config, tags=tags,
+                         asset_selection=selection)
+    return SensorResult(run_requests=[request], cursor=today.isoformat())
+
+
+# --- status_refresh_requests ------------------------------------------------------------------
+
+
+def pending_requests(conn: sa.Connection, limit: int = MAX_REQUESTS_PER_RUN) -> list[dict]:
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT id, scope, patient_id, session_id FROM status_refresh_requests
+            WHERE processed_at IS NULL ORDER BY id LIMIT :limit
+            """
+        ),
+        {"limit": limit},
+    ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def merged_request_config(requests: list[dict]) -> dict:
+    ids = [r["id"] for r in requests]
+    if any(r["scope"] == RefreshScope.ALL for r in requests):
+        return refresh_run_config("all", request_ids=ids)
+    patients = [r["patient_id"] for r in requests if r["scope"] == RefreshScope.PATIENT]
+    sessions = [r["session_id"] for r in requests if r["scope"] == RefreshScope.SESSION]
+    scope = "patients_and_sessions" if patients and sessions else ("patients" if patients else "sessions")
+    return refresh_run_config(scope, patient_ids=patients, session_ids=sessions, request_ids=ids)
+
+
+@dataclass
+class RequestCursor:
+    """The last merged batch and how often it was requested (a failed run's batch is re-requested
+    under a new key; Dagster drops a repeated run key)."""
+
+    batch: str | None = None
+    attempt: int = 0
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "RequestCursor":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps({"batch": self.batch, "attempt": self.attempt})
+
+
+@sensor(
+    name="status_refresh_requests",
+    job=status_refresh_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Every 30 s: merge up to 10,000 pending status_refresh_requests into one run over every "
+                "programme; the run marks them processed with its last batch (at-least-once).",
+)
+def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    in_flight = context.instance.get_runs(
+        filters=RunsFilter(job_name=status_refresh_job.name, statuses=ACTIVE_STATUSES,
+                           tags={TRIGGER_TAG: "status_refresh_requests"}), limit=1)
+    if in_flight:
+        return SkipReason(f"run {in_flight[0].run_id} is still handling earlier requests")
+    with postgres.connect() as conn:
+        requests = pending_requests(conn)
+    if not requests:
+        return SkipReason("no pending refresh requests")
+    partitions = _programme_keys(context)
+    if not partitions:
+        return SkipReason("no programme partitions yet (programme_added adds them)")
+    ids = [r["id"] for r in requests]
+    batch = f"{ids[0]}-{ids[-1]}:{len(ids)}"
+    cursor = RequestCursor.parse(context.cursor)
+    # The same batch still pending after its run ended means the run failed: request it again.
+    attempt = cursor.attempt + 1 if cursor.batch == batch else 0
+    request = RunRequest(
+        run_key=f"status_requests:{batch}:{attempt}",
+        run_config=merged_request_config(requests),
+        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "status_refresh_requests"},
+    )
+    return SensorResult(run_requests=[request], cursor=RequestCursor(batch, attempt).dump())
+
+
+# --- sync_complete (shared sensor) handler ----------------------------------------------------
+
+
+def session_programme_types() -> list[str]:
+    from orchestration.settings import get_settings
+    from resources.postgres import make_engine
+
+    with make_engine(get_settings().database_url).connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT DISTINCT p.type FROM programmes AS p JOIN session_programmes AS sp ON sp.programme_id = p.id "
+            "ORDER BY p.type")).scalars().all()
+
+
+def on_sync_complete(run: SyncRun) -> SyncReaction:
+    """An immunisation import finished: refresh exactly the patients it touched, every programme."""
+    patient_ids = sorted({int(p) for p in (run.touched or [])})
+    if not patient_ids:
+        return SyncReaction()
+    # The handler has no instance to read the partition range from: one run per programme held in a
+    # session (those are the partitions programme_added registers).
+    requests = [
+        RunRequest(
+            run_key=f"sync_complete:{run.id}:{programme}",
+            job_name=status_refresh_job.name,
+            partition_key=programme,
+            run_config=refresh_run_config("patients", patient_ids=patient_ids),
+            tags={TRIGGER_TAG: "sync_complete", "pso/sync_run_id": str(run.id)},
+        )
+        for programme in session_programme_types()
+    ]
+    return SyncReaction(run_requests=requests)
+
+
+sensors = [programme_added_sensor, day_change_sensor, status_refresh_requests_sensor]

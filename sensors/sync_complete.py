@@ -26,6 +26,9 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from assets.cohort_stats import facility_stats_job
+from assets.pruning import replica_sync_group_prune_job
+from assets.statuses import status_refresh_job
 from resources.postgres import PostgresResource
 
 LOOK_BACK = timedelta(minutes=10)
@@ -117,6 +120,8 @@ def advance_cursor(cursor: SyncCursor, handled: list[SyncRun]) -> SyncCursor:
     name="sync_complete",
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
+    # Every job a family handler may target (run requests name their job).
+    jobs=[status_refresh_job, facility_stats_job, replica_sync_group_prune_job],
     description="Reacts to each newly finished sync_runs row: status refresh for an immunisation import, "
     "stats refresh for a renal feed, sync-group prune for a replica sync.",
 )

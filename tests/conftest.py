@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,13 +40,17 @@ def pg_admin_url(tmp_path_factory) -> str:
     if configured:
         yield configured.replace("postgresql+psycopg://", "postgresql://")
         return
-    data_dir = tmp_path_factory.mktemp("pso-services")
-    server = EmbeddedPostgres(data_dir, free_port_block(1, start=25000))
+    # Not under pytest's tmp folder: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever any
+    # session starts, which would lock the unprivileged Postgres user out of its own data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="pso-test-postgres-"))
+    # A random start keeps parallel test sessions on one machine off each other's ports.
+    server = EmbeddedPostgres(data_dir, free_port_block(1, start=random.randint(25000, 29000)))
     server.start()
     try:
         yield f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _sqlalchemy_url(admin_url: str, database: str) -> str:
@@ -119,14 +126,15 @@ def s3_server(tmp_path_factory) -> dict:
         yield {"endpoint": configured, "key": os.environ["PSO_TEST_S3_ACCESS_KEY_ID"],
                "secret": os.environ["PSO_TEST_S3_SECRET_ACCESS_KEY"]}
         return
-    data_dir = Path(tmp_path_factory.mktemp("pso-s3"))
-    server = EmbeddedS3(data_dir, free_port_block(10, start=30000))
+    data_dir = Path(tempfile.mkdtemp(prefix="pso-test-s3-"))
+    server = EmbeddedS3(data_dir, free_port_block(10, start=random.randint(30000, 34000)))
     server.start()
     key, secret = server.credentials()
     try:
         yield {"endpoint": server.endpoint, "key": key, "secret": secret}
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,8 +1,12 @@
 """The embedded services start, tolerate a second start, and stop without orphans."""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import psutil
+import pytest
 import psycopg
 
 from orchestration.services import EmbeddedPostgres, EmbeddedS3, free_port_block
@@ -16,8 +20,16 @@ def _processes_using(path) -> list[psutil.Process]:
     return found
 
 
-def test_postgres_starts_twice_harmlessly_and_stops_cleanly(tmp_path):
-    server = EmbeddedPostgres(tmp_path, free_port_block(1, start=36000))
+@pytest.fixture
+def data_dir():
+    """Outside pytest's tmp folder, whose 0700 mode would lock out the unprivileged Postgres user."""
+    path = Path(tempfile.mkdtemp(prefix="pso-test-services-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_postgres_starts_twice_harmlessly_and_stops_cleanly(data_dir):
+    server = EmbeddedPostgres(data_dir, free_port_block(1, start=36000))
     try:
         assert server.start() is True
         assert server.start() is False  # already running: harmless
@@ -39,10 +51,10 @@ def server_pid(server: EmbeddedPostgres) -> int:
     return int((server.pgdata / "postmaster.pid").read_text().splitlines()[0])
 
 
-def test_s3_starts_twice_harmlessly_and_stops_cleanly(tmp_path):
+def test_s3_starts_twice_harmlessly_and_stops_cleanly(data_dir):
     import boto3
 
-    server = EmbeddedS3(tmp_path, free_port_block(10, start=37000))
+    server = EmbeddedS3(data_dir, free_port_block(10, start=37000))
     try:
         assert server.start() is True
         assert server.start() is False

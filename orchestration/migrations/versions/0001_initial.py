@@ -400,6 +400,8 @@ def upgrade() -> None:
     sa.Column('aot_min_records', sa.Integer(), server_default=sa.text('5000'), nullable=False),
     sa.Column('aot_kinds', postgresql.ARRAY(sa.Text()), server_default=sa.text("'{dialysis}'::text[]"), nullable=False),
     sa.Column('skip_if_fresher_than', sa.Interval(), server_default=sa.text("'01:00:00'::interval"), nullable=False),
+    sa.Column('ttl', sa.Interval(), server_default=sa.text("'08:00:00'::interval"), nullable=False),
+    sa.CheckConstraint("ttl > '00:00:00'::interval", name=op.f('ck_stats_settings_ttl')),
     sa.CheckConstraint("aot_kinds <@ ARRAY['dialysis', 'demographics']::text[]", name=op.f('ck_stats_settings_aot_kinds')),
     sa.CheckConstraint('id = 1', name=op.f('ck_stats_settings_single_row')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_stats_settings'))
@@ -486,6 +488,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dialysissession'))
     )
     op.create_index(op.f('ix_dialysissession_pid'), 'dialysissession', ['pid'], unique=False)
+    op.create_index(op.f('ix_dialysissession_pid_proceduretime'), 'dialysissession', ['pid', 'proceduretime'], unique=False, postgresql_include=['proceduretypecode'])
 
     op.create_table('inbound_numbers',
     sa.Column('id', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),

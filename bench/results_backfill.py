@@ -1,0 +1,147 @@
+"""The multiplex results backfill (§5) on 5,000,000 test orders (scale 1), against a row-at-a-time baseline.
+
+Data are built in SQL (generate_series) over 24 months: 8% pending orders (60% of them without a result),
+3% submitted without a result, 10% corrected (ORIGINAL + CORRECTED), 3% removed (ORIGINAL + REMOVED), the
+rest one ORIGINAL event. The project's way is `backfill_results` (both passes, keyset batches of 10,000, one
+transaction each). The baseline inserts the same order-pass rows one statement per source row (the way a
+loop in application code would), on a sample: committing every 10,000 rows like the backfill, and again
+committing every row; its rows are then deleted (scratch database) so the measured backfill starts from nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+from assets.results import backfill_results
+from bench.runner import BenchDatabase, BenchReport, timed
+from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
+
+ORDERS_AT_SCALE_1 = 5_000_000
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+END = datetime(2026, 1, 1, tzinfo=timezone.utc)
+USER = uuid.UUID("00000000-0000-4000-8000-00000000beef")
+
+BUILD = [
+    # test_order and test_event refer to each other: load both, then restore the key (validated once).
+    "ALTER TABLE test_order DROP CONSTRAINT fk_test_order_test_event_id",
+    """
+    CREATE TEMP TABLE src AS
+    SELECT i, k,
+           (ARRAY['NEGATIVE', 'POSITIVE', 'UNDETERMINED'])[CASE WHEN h % 100 < 80 THEN 1 WHEN h % 100 < 95 THEN 2
+                                                            ELSE 3 END] AS outcome,
+           (ARRAY['POSITIVE', 'UNDETERMINED', 'NEGATIVE'])[1 + h % 3] AS first_outcome,
+           CASE WHEN k < 8 THEN 0 WHEN k < 24 AND k >= 11 THEN 2 ELSE 1 END AS events,
+           CAST(:start AS timestamptz) + (i::float8 / :n) * (CAST(:end AS timestamptz) - CAST(:start AS timestamptz))
+               AS created_at
+    FROM (SELECT i, abs(hashtext('k' || i)) % 100 AS k, abs(hashtext('h' || i)) AS h
+          FROM generate_series(1, :n) AS i) AS s
+    """,
+    """
+    INSERT INTO test_order (internal_id, created_at, created_by, updated_at, updated_by, result, test_event_id)
+    SELECT md5('o' || i)::uuid, created_at, :user, created_at + interval '1 hour', :user,
+           CASE WHEN k < 8 AND i % 10 < 6 THEN NULL WHEN k >= 8 AND k < 11 THEN NULL ELSE outcome END,
+           CASE WHEN events = 0 THEN NULL ELSE md5('e' || i || '-' || (events - 1))::uuid END
+    FROM src
+    """,
+    """
+    INSERT INTO test_event (internal_id, created_at, created_by, updated_at, updated_by, test_order_id, result,
+                            correction_status, prior_corrected_test_event_id)
+    SELECT md5('e' || i || '-' || j)::uuid, created_at + j * interval '9 days' + interval '30 minutes', :user,
+           created_at + j * interval '9 days' + interval '30 minutes', :user, md5('o' || i)::uuid,
+           CASE WHEN k >= 8 AND k < 11 THEN NULL WHEN j = 0 AND k >= 11 AND k < 21 THEN first_outcome
+                ELSE outcome END,
+           CASE WHEN j = 0 THEN 'ORIGINAL' WHEN k < 21 THEN 'CORRECTED' ELSE 'REMOVED' END,
+           CASE WHEN j = 0 THEN NULL ELSE md5('e' || i || '-' || (j - 1))::uuid END
+    FROM src CROSS JOIN LATERAL generate_series(0, events - 1) AS j
+    """,
+    "ALTER TABLE test_order ADD CONSTRAINT fk_test_order_test_event_id FOREIGN KEY (test_event_id) "
+    "REFERENCES test_event (internal_id)",
+    "DROP TABLE src",
+]
+
+# The baseline: one statement per source row (rule 1 for that order, its row fetched beforehand).
+ROW_AT_A_TIME = """
+    INSERT INTO result (created_at, created_by, updated_at, updated_by, is_deleted,
+                        test_event_id, test_order_id, disease_id, result, test_result)
+    SELECT %s, %s, %s, %s, false, %s, %s, %s, %s, %s
+    WHERE NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_order_id = %s)
+    ON CONFLICT DO NOTHING
+"""
+
+
+def run(db: BenchDatabase, scale: float) -> BenchReport:
+    report = BenchReport("results_backfill", scale)
+    orders = max(10_000, int(ORDERS_AT_SCALE_1 * scale))
+    sample = max(2_000, min(20_000, orders // 100))
+    engine = db.engine()
+    with engine.connect() as conn:
+        with timed() as t:
+            for statement in BUILD:
+                conn.execute(sa.text(statement), {"n": orders, "start": START, "end": END, "user": USER})
+            conn.commit()
+            conn.execute(sa.text("ANALYZE test_order, test_event, result"))
+            conn.commit()
+        build_seconds = t()
+        events = conn.execute(sa.text("SELECT count(*) FROM test_event")).scalar_one()
+
+    # Baseline on a sample of orders with a result, one INSERT per row, commit per 10,000.
+    with db.connect() as conn:
+        rows = conn.execute(
+            "SELECT internal_id, test_event_id, result, created_at, created_by, updated_at, updated_by "
+            "FROM test_order WHERE result IS NOT NULL ORDER BY internal_id LIMIT %s", (sample,)).fetchall()
+        with timed() as t:
+            with conn.cursor() as cur:
+                for n, (order_id, event_id, result, created_at, created_by, updated_at, updated_by) in enumerate(
+                        rows, 1):
+                    cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
+                                                COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
+                    if n % 10_000 == 0:
+                        conn.commit()
+            conn.commit()
+        baseline_seconds = t()
+        baseline_rows = conn.execute("SELECT count(*) FROM result").fetchone()[0]
+        conn.execute("DELETE FROM result")  # scratch database: the measured backfill starts from nothing
+        conn.commit()
+        # The same loop committing every row (an ORM-style save per row); synchronous_commit is off here.
+        with timed() as t:
+            with conn.cursor() as cur:
+                for order_id, event_id, result, created_at, created_by, updated_at, updated_by in rows:
+                    cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
+                                                COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
+                    conn.commit()
+        per_row_commit_seconds = t()
+        conn.execute("DELETE FROM result")
+        conn.commit()
+
+    with engine.connect() as conn:
+        with timed() as t:
+            counts = backfill_results(conn, START, END)
+        backfill_seconds = t()
+        with timed() as t:
+            rerun = backfill_results(conn, START, END)
+        rerun_seconds = t()
+    engine.dispose()
+    assert rerun.inserted == 0, "a rerun must be a no-op"
+    assert baseline_rows == len(rows)
+
+    report.add("test orders", orders, "rows")
+    report.add("test events", events, "rows")
+    report.add("data build (SQL)", build_seconds, "s")
+    report.add("backfill: result rows inserted", counts.inserted, "rows",
+               f"order pass {counts.order_rows:,}, event pass {counts.event_rows:,}")
+    report.add("backfill: source rows scanned", counts.scanned, "rows", f"{counts.batches:,} batches of ≤ 10,000")
+    report.add("backfill: wall time", backfill_seconds, "s")
+    report.add("backfill rate", counts.inserted / backfill_seconds, "rows/s")
+    report.add("rerun (no-op): wall time", rerun_seconds, "s")
+    report.add("row-at-a-time sample", baseline_rows, "rows")
+    report.add("row-at-a-time rate (baseline)", baseline_rows / baseline_seconds, "rows/s")
+    report.add("row-at-a-time, commit per row: rate", baseline_rows / per_row_commit_seconds, "rows/s")
+    report.ratio("set-based backfill vs row-at-a-time, per row", "backfill rate", "row-at-a-time rate (baseline)",
+                 "≥ 100×")
+    report.ratio("set-based backfill vs row-at-a-time with a commit per row", "backfill rate",
+                 "row-at-a-time, commit per row: rate", "≥ 100×")
+    return report
+

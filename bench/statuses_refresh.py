@@ -1,0 +1,242 @@
+"""Cached statuses refresh (issue 3, deliverable 8).
+
+Measures, in one scratch database loaded by the statuses generator at `scale` (20 → 60,000 patients,
+~51,000 in the flu programme):
+- full refresh of the flu partition (empty cache → seeded and computed), then of every programme;
+- a no-change full refresh (must write 0 rows);
+- refresh of 1 patient and of 1,000 patients (every programme);
+- baseline (a): the upstream's shape — per patient, per-patient queries, statuses computed in Python,
+  one UPDATE per row — on a sample, per row; its results are also compared with the SQL's;
+- baseline (b), the floor: a bare `INSERT INTO … SELECT` of as many rows as the full refresh wrote.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+
+import sqlalchemy as sa
+
+from assets.statuses import StatusScope, programme_ids_by_type, refresh_statuses
+from bench.runner import BenchDatabase, BenchReport, timed
+from orchestration.clock import academic_year, london_today, now_utc
+from orchestration.statuses_sql import PROGRAMME_YEAR_GROUPS
+from orchestration.synthetic import seed_all
+
+STATUS_TABLES = ("patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
+                 "patient_session_session_statuses", "patient_session_registration_statuses")
+
+
+def _total_rows(conn) -> int:
+    return sum(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in STATUS_TABLES)
+
+
+def _refresh_all(engine, scope: StatusScope, today: date, programmes: dict[str, int] | None = None):
+    written = rows = 0
+    with engine.connect() as conn:
+        ids = programmes or programme_ids_by_type(conn)
+        conn.commit()
+        for pid in ids.values():
+            result = refresh_statuses(conn, pid, scope, today)
+            written += result.written
+            rows += sum(c.changed + c.unchanged for c in result.tables.values())
+    return written, rows
+
+
+# --- baseline (a): per-patient Python, the upstream's shape ------------------------------------
+
+
+def _age(dob: date, day: date) -> int:
+    from orchestration.clock import age_on
+
+    return age_on(dob, day)
+
+
+def python_statuses(conn, patient_id: int, programme_id: int, programme_type: str, today: date) -> dict:
+    """One patient, one programme: per-patient queries, rules in Python (§1.4–1.5)."""
+    from orchestration.clock import london_date
+
+    patient = conn.execute(sa.text("SELECT given_name, family_name, date_of_birth FROM patients WHERE id = :p"),
+                           {"p": patient_id}).one()
+    consents = conn.execute(sa.text(
+        "SELECT c.id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at, pa.full_name "
+        "FROM consents c LEFT JOIN parents pa ON pa.id = c.parent_id WHERE c.patient_id = :p AND c.programme_id = :pr "
+        "AND c.invalidated_at IS NULL AND c.response <> 2"), {"p": patient_id, "pr": programme_id}).all()
+    groups: dict[str, tuple] = {}
+    for c in consents:
+        name = f"{patient.given_name} {patient.family_name}" if c.route == 4 else (
+            c.full_name or "Parent or guardian (name unknown)")
+        if name not in groups or (c.submitted_at, c.created_at, c.id) > groups[name][0]:
+            groups[name] = ((c.submitted_at, c.created_at, c.id), c)
+    latest = [g[1] for g in groups.values()]
+    selfs = [c for c in latest if c.route == 4]
+    parental = [c for c in latest if c.route != 4]
+    focus = selfs or parental
+    if (selfs and all(c.response == 0 for c in selfs)) or (not selfs and parental and all(c.response == 0 for c in parental)):
+        consent = 1
+    elif latest and all(c.response == 1 for c in latest):
+        consent = 2
+    elif any(c.response == 0 for c in focus) and any(c.response == 1 for c in focus):
+        consent = 3
+    else:
+        consent = 0
+    triage = conn.execute(sa.text(
+        "SELECT status FROM triages WHERE patient_id = :p AND programme_id = :pr AND invalidated_at IS NULL "
+        "ORDER BY created_at DESC, id DESC LIMIT 1"), {"p": patient_id, "pr": programme_id}).scalar_one_or_none()
+    records = conn.execute(sa.text(
+        "SELECT id, session_id, outcome, performed_at, dose_sequence FROM vaccination_records "
+        "WHERE patient_id = :p AND programme_id = :pr AND discarded_at IS NULL"),
+        {"p": patient_id, "pr": programme_id}).all()
+    administered = [r for r in records if r.outcome == 0]
+    age = lambda r: _age(patient.date_of_birth, london_date(r.performed_at))  # noqa: E731
+    if any(r.outcome == 4 for r in records):
+        vaccinated = True
+    elif programme_type == "menacwy":
+        vaccinated = any(age(r) >= 10 for r in administered)
+    elif programme_type == "td_ipv":
+        vaccinated = any((r.dose_sequence == 5 or (r.dose_sequence is None and r.session_id is not None))
+                         and age(r) >= 10 for r in administered)
+    else:
+        vaccinated = bool(administered)
+    needs = any(c.response == 0 and any(str(a.get("response", "")).lower() == "yes" for a in c.health_answers)
+                for c in latest)
+    if vaccinated:
+        triage_status = 0
+    elif triage is not None:
+        triage_status = {0: 2, 1: 3, 3: 4, 2: 1}[triage]
+    elif consent == 1 and (needs or (administered and not vaccinated)):
+        triage_status = 1
+    else:
+        triage_status = 0
+    vaccination = 1 if vaccinated else (2 if any(c.response == 1 for c in latest) or triage == 1 else 0)
+    return {"patient_consent_statuses": consent, "patient_triage_statuses": triage_status,
+            "patient_vaccination_statuses": vaccination}
+
+
+def python_refresh(conn, patient_ids: list[int], programmes: dict[str, int], today: date) -> int:
+    """Per patient and programme: compute in Python, then one UPDATE per row (as a per-row ORM save)."""
+    rows = 0
+    year = academic_year(today)
+    for patient_id in patient_ids:
+        bay = conn.execute(sa.text("SELECT birth_academic_year FROM patients WHERE id = :p"),
+                           {"p": patient_id}).scalar_one()
+        for type_, pid in programmes.items():
+            lo, hi = PROGRAMME_YEAR_GROUPS[type_]
+            if not lo <= year - bay - 5 <= hi:
+                continue
+            for table, status in python_statuses(conn, patient_id, pid, type_, today).items():
+                conn.execute(sa.text(f"UPDATE {table} SET status = :s WHERE patient_id = :p AND programme_id = :pr"),
+                             {"s": status, "p": patient_id, "pr": pid})
+                rows += 1
+        conn.commit()
+    return rows
+
+
+def run(db: BenchDatabase, scale: float) -> BenchReport:
+    report = BenchReport("statuses_refresh", scale)
+    now = now_utc()
+    today = london_today(now)
+    seed_all(db.url, scale=scale, now=now, families=["orchestration.synthetic.statuses"], echo=lambda *_: None)
+    engine = db.engine()
+    with engine.connect() as conn:
+        programmes = programme_ids_by_type(conn)
+        patients = conn.execute(sa.text("SELECT count(*) FROM patients")).scalar_one()
+        year = academic_year(today)
+        flu_patients = conn.execute(sa.text(
+            "SELECT count(*) FROM patients WHERE :y - birth_academic_year - 5 BETWEEN 0 AND 11"), {"y": year}).scalar_one()
+    report.add("patients", patients, "patients")
+    report.add("patients in the flu programme", flu_patients, "patients")
+
+    with timed() as t:
+        flu_written, _ = _refresh_all(engine, StatusScope(all=True), today, {"flu": programmes["flu"]})
+    report.add("full refresh, flu partition (empty cache)", t(), "s", f"{flu_written:,} rows written")
+    with timed() as t:
+        rest_written, _ = _refresh_all(engine, StatusScope(all=True), today,
+                                       {k: v for k, v in programmes.items() if k != "flu"})
+    with engine.connect() as conn:
+        total = _total_rows(conn)
+    report.add("status rows (all programmes)", total, "rows")
+    report.add("full refresh, other programmes (empty cache)", t(), "s", f"{rest_written:,} rows written")
+    full_seconds = report.value("full refresh, flu partition (empty cache)") + t()
+    report.add("full refresh, every programme (empty cache)", full_seconds, "s")
+    report.add("full refresh rate", total / full_seconds, "rows/s")
+
+    with timed() as t:
+        written, recomputed = _refresh_all(engine, StatusScope(all=True), today)
+    report.add("no-change full refresh", t(), "s")
+    report.add("no-change full refresh: rows written", written, "rows")
+    report.add("no-change full refresh rate (recomputed)", recomputed / t(), "rows/s")
+    with timed() as t:
+        flu_only, _ = _refresh_all(engine, StatusScope(all=True), today, {"flu": programmes["flu"]})
+    report.add("no-change refresh, flu partition", t(), "s")
+
+    with engine.connect() as conn:
+        sample = conn.execute(sa.text("SELECT id FROM patients ORDER BY id")).scalars().all()
+    one = [sample[len(sample) // 2]]
+    thousand = sample[::max(1, len(sample) // 1000)][:1000]
+    with timed() as t:
+        _refresh_all(engine, StatusScope(patient_ids=tuple(one)), today)
+    report.add("refresh of 1 patient (every programme)", t() * 1000, "ms")
+    with timed() as t:
+        _refresh_all(engine, StatusScope(patient_ids=tuple(thousand)), today)
+    report.add("refresh of 1,000 patients (every programme)", t(), "s")
+
+    # Baseline (a), on a sample; its answers must equal the SQL's.
+    py_sample = sample[::max(1, len(sample) // 300)][:300]
+    with engine.connect() as conn:
+        before = {(t_, r.patient_id, r.programme_id): r.status for t_ in STATUS_TABLES[:3]
+                  for r in conn.execute(sa.text(f"SELECT patient_id, programme_id, status FROM {t_} "
+                                                "WHERE patient_id = ANY(:ids)"), {"ids": py_sample})}
+        conn.commit()
+        with timed() as t:
+            py_rows = python_refresh(conn, py_sample, programmes, today)
+        py_seconds = t()
+        after = {(t_, r.patient_id, r.programme_id): r.status for t_ in STATUS_TABLES[:3]
+                 for r in conn.execute(sa.text(f"SELECT patient_id, programme_id, status FROM {t_} "
+                                               "WHERE patient_id = ANY(:ids)"), {"ids": py_sample})}
+    disagreements = sum(1 for k in before if before[k] != after.get(k))
+    report.add("baseline (a) per-patient Python refresh, sample rows", py_rows, "rows")
+    report.add("baseline (a) per-patient Python refresh rate", py_rows / py_seconds, "rows/s")
+    report.add("baseline (a) rows where Python and SQL disagree", disagreements, "rows")
+    # Per-row comparison on the same three patient-level tables: a no-change SQL refresh recomputes them too.
+    report.ratio("SQL (no-change full) vs Python per row", "no-change full refresh rate (recomputed)",
+                 "baseline (a) per-patient Python refresh rate", "≥ 50×")
+    report.ratio("SQL (empty-cache full) vs Python per row", "full refresh rate",
+                 "baseline (a) per-patient Python refresh rate", "≥ 50×")
+
+    # Baseline (b), the floor: a bare INSERT … SELECT of as many rows as the status tables hold.
+    # Same shape, unique keys and indexes as the real tables (LIKE … INCLUDING ALL), no foreign keys.
+    keys = {"patient_session_registration_statuses": "patient_session_id",
+            "patient_session_session_statuses": "patient_session_id, programme_id"}
+    with engine.begin() as conn:
+        for table in STATUS_TABLES:
+            conn.execute(sa.text(f"CREATE TABLE floor_{table} (LIKE {table} INCLUDING ALL)"))
+    with engine.begin() as conn, timed() as t:
+        inserted = 0
+        for table in STATUS_TABLES:
+            cols = keys.get(table, "patient_id, programme_id")
+            inserted += conn.execute(sa.text(
+                f"INSERT INTO floor_{table} ({cols}, status) SELECT {cols}, status FROM {table}")).rowcount
+    floor_seconds = t()
+    report.add("baseline (b) bare INSERT … SELECT, same rows", floor_seconds, "s", f"{inserted:,} rows")
+    report.ratio("full refresh (empty cache) vs floor", "full refresh, every programme (empty cache)",
+                 "baseline (b) bare INSERT … SELECT, same rows", "≤ 3×")
+    # The same floor with the real tables' foreign keys: every inserted row also pays for their checks
+    # (two per row), which the full refresh cannot avoid either.
+    fks = {"patient_session_registration_statuses": [("patient_session_id", "patient_sessions")],
+           "patient_session_session_statuses": [("patient_session_id", "patient_sessions"),
+                                                ("programme_id", "programmes")]}
+    with engine.begin() as conn:
+        for table in STATUS_TABLES:
+            conn.execute(sa.text(f"CREATE TABLE floor_fk_{table} (LIKE {table} INCLUDING ALL)"))
+            for column, target in fks.get(table, [("patient_id", "patients"), ("programme_id", "programmes")]):
+                conn.execute(sa.text(f"ALTER TABLE floor_fk_{table} ADD FOREIGN KEY ({column}) REFERENCES {target} (id)"))
+    with engine.begin() as conn, timed() as t:
+        for table in STATUS_TABLES:
+            cols = keys.get(table, "patient_id, programme_id")
+            conn.execute(sa.text(f"INSERT INTO floor_fk_{table} ({cols}, status) SELECT {cols}, status FROM {table}"))
+    report.add("baseline (b') bare INSERT … SELECT, same rows and foreign keys", t(), "s", f"{inserted:,} rows")
+    report.ratio("full refresh (empty cache) vs floor with foreign keys", "full refresh, every programme (empty cache)",
+                 "baseline (b') bare INSERT … SELECT, same rows and foreign keys", "")
+    engine.dispose()
+    return report

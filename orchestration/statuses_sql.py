@@ -1,0 +1,422 @@
+"""Set-based SQL of the five Mavis status tables (domain.md §1.4–1.6), as derived-table declarations.
+
+Every query sees these bound parameters (never CURRENT_DATE; `today` is the London date of the run):
+
+    :batch_ids      bigint[]  the patients of one batch (≤ 10,000)
+    :programme_id   bigint    the programme partition being refreshed
+    :today          date      Europe/London date of the run (session rule 5, registration)
+    :academic_year  int       academic_year(today) (year groups → eligibility)
+    :session_ids    bigint[]  NULL, or only these sessions' patient_sessions (session scope)
+
+The SQL is assembled here from constant fragments (no values are ever formatted in).
+"""
+
+from __future__ import annotations
+
+from orchestration.patterns.derived_table import BatchFacts, DerivedTable
+
+# app/models/programme.rb: eligible year groups per programme type.
+PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
+
+_YEAR_GROUPS_VALUES = ", ".join(f"('{t}', {lo}, {hi})" for t, (lo, hi) in PROGRAMME_YEAR_GROUPS.items())
+
+BATCH = "CAST(:batch_ids AS bigint[])"
+SESSIONS = "CAST(:session_ids AS bigint[])"
+SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
+
+# Whole years on `day`, as clock.age_on (a 29 February birthday counts as 28 February).
+def _age(dob: str, day: str) -> str:
+    return (f"(extract(year FROM {day})::int - extract(year FROM {dob})::int - "
+            f"CASE WHEN {day} < ({dob} + make_interval(years => extract(year FROM {day})::int "
+            f"- extract(year FROM {dob})::int))::date THEN 1 ELSE 0 END)")
+
+
+# Programmes each patient of the batch is eligible for (by year group today).
+ELIGIBLE_CTE = f"""
+year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
+eligible AS MATERIALIZED (
+    SELECT pt.id AS patient_id, pr.id AS programme_id
+    FROM patients AS pt
+    CROSS JOIN programmes AS pr
+    JOIN year_groups AS yg ON yg.type = pr.type
+    WHERE pt.id = ANY({BATCH})
+      AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
+)"""
+
+# A patient_session's programmes: its session's programmes the patient is eligible for.
+PATIENT_SESSION_PROGRAMMES_CTE = f"""
+patient_session_programmes AS MATERIALIZED (
+    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
+    FROM patient_sessions AS ps
+    JOIN session_programmes AS sp ON sp.session_id = ps.session_id
+    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
+      AND EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
+)"""
+
+# §1.4 latest consents L, their aggregates, the latest triage, Vaccinated — for :programme_id.
+PATIENT_INPUTS_CTES = f"""
+programme AS (SELECT id, type FROM programmes WHERE id = CAST(:programme_id AS bigint)),
+named_consents AS (
+    SELECT c.id, c.patient_id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at,
+           CASE WHEN c.route = 4 THEN pt.given_name || ' ' || pt.family_name
+                ELSE coalesce(pa.full_name, 'Parent or guardian (name unknown)') END AS respondent
+    FROM consents AS c
+    JOIN patients AS pt ON pt.id = c.patient_id
+    LEFT JOIN parents AS pa ON pa.id = c.parent_id
+    WHERE c.patient_id = ANY({BATCH}) AND c.programme_id = CAST(:programme_id AS bigint)
+      AND c.invalidated_at IS NULL AND c.response <> 2
+),
+latest_consents AS (
+    SELECT DISTINCT ON (patient_id, respondent) *
+    FROM named_consents
+    ORDER BY patient_id, respondent, submitted_at DESC, created_at DESC, id DESC
+),
+consent_facts AS (
+    SELECT patient_id,
+           count(*) AS n_latest,
+           count(*) FILTER (WHERE route = 4) AS n_self,
+           count(*) FILTER (WHERE route <> 4) AS n_parent,
+           coalesce(bool_and(response = 0) FILTER (WHERE route = 4), false) AS self_all_given,
+           coalesce(bool_and(response = 0) FILTER (WHERE route <> 4), false) AS parent_all_given,
+           coalesce(bool_or(response = 0) FILTER (WHERE route = 4), false) AS self_any_given,
+           coalesce(bool_or(response = 1) FILTER (WHERE route = 4), false) AS self_any_refused,
+           coalesce(bool_or(response = 0) FILTER (WHERE route <> 4), false) AS parent_any_given,
+           coalesce(bool_or(response = 1) FILTER (WHERE route <> 4), false) AS parent_any_refused,
+           bool_and(response = 1) AS all_refused,
+           bool_or(response = 1) AS any_refused,
+           bool_or(response = 0 AND EXISTS (
+               SELECT 1 FROM jsonb_array_elements(
+                   CASE WHEN jsonb_typeof(health_answers) = 'array' THEN health_answers ELSE '[]'::jsonb END) AS h
+               WHERE lower(h ->> 'response') = 'yes')) AS any_triage_needed
+    FROM latest_consents
+    GROUP BY patient_id
+),
+consent_status AS MATERIALIZED (
+    SELECT patient_id, n_latest, all_refused, any_refused, any_triage_needed,
+           CASE
+               WHEN (n_self > 0 AND self_all_given) OR (n_self = 0 AND n_parent > 0 AND parent_all_given) THEN 1
+               WHEN n_latest > 0 AND all_refused THEN 2
+               WHEN (n_self > 0 AND self_any_given AND self_any_refused)
+                 OR (n_self = 0 AND parent_any_given AND parent_any_refused) THEN 3
+               ELSE 0
+           END AS status
+    FROM consent_facts
+),
+latest_triage AS MATERIALIZED (
+    SELECT DISTINCT ON (patient_id) patient_id, status
+    FROM triages
+    WHERE patient_id = ANY({BATCH}) AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
+    ORDER BY patient_id, created_at DESC, id DESC
+),
+kept_records AS (
+    SELECT vr.id, vr.patient_id, vr.session_id, vr.outcome, vr.performed_at, vr.dose_sequence,
+           {_age('pt.date_of_birth', "(vr.performed_at AT TIME ZONE 'Europe/London')::date")} AS age
+    FROM vaccination_records AS vr
+    JOIN patients AS pt ON pt.id = vr.patient_id
+    WHERE vr.patient_id = ANY({BATCH}) AND vr.programme_id = CAST(:programme_id AS bigint)
+      AND vr.discarded_at IS NULL
+),
+vaccinated AS MATERIALIZED (
+    SELECT r.patient_id,
+           bool_or(r.outcome = 0) AS any_administered,
+           bool_or(r.outcome = 4) OR CASE p.type
+               WHEN 'menacwy' THEN coalesce(bool_or(r.outcome = 0 AND r.age >= 10), false)
+               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND r.age >= 10 AND (r.dose_sequence = 5
+                                     OR (r.dose_sequence IS NULL AND r.session_id IS NOT NULL))), false)
+               ELSE bool_or(r.outcome = 0)
+           END AS vaccinated
+    FROM kept_records AS r CROSS JOIN programme AS p
+    GROUP BY r.patient_id, p.type
+)"""
+
+# Patient-level facts joined once per patient of the batch.
+PATIENT_FACTS_CTE = """
+patient_facts AS MATERIALIZED (
+    SELECT pt.id AS patient_id,
+           coalesce(v.vaccinated, false) AS vaccinated,
+           coalesce(v.any_administered, false) AS any_administered,
+           coalesce(cs.status, 0) AS consent_status,
+           coalesce(cs.n_latest, 0) AS n_latest,
+           coalesce(cs.all_refused, false) AS all_refused,
+           coalesce(cs.any_refused, false) AS any_refused,
+           coalesce(cs.any_triage_needed, false) AS any_triage_needed,
+           lt.status AS latest_triage
+    FROM patients AS pt
+    LEFT JOIN vaccinated AS v ON v.patient_id = pt.id
+    LEFT JOIN consent_status AS cs ON cs.patient_id = pt.id
+    LEFT JOIN latest_triage AS lt ON lt.patient_id = pt.id
+    WHERE pt.id = ANY(CAST(:batch_ids AS bigint[]))
+)"""
+
+CONSENT_STATUS_EXPR = "f.consent_status"
+
+TRIAGE_STATUS_EXPR = """CASE
+    WHEN f.vaccinated THEN 0
+    WHEN f.latest_triage = 0 THEN 2
+    WHEN f.latest_triage = 1 THEN 3
+    WHEN f.latest_triage = 3 THEN 4
+    WHEN f.latest_triage = 2 THEN 1
+    WHEN f.consent_status = 1 AND (f.any_triage_needed OR (f.any_administered AND NOT f.vaccinated)) THEN 1
+    ELSE 0
+END"""
+
+# Rule 2 reads the LATEST triage (fix of the `.last`-of-newest-first bug at 62b5be2e4).
+VACCINATION_STATUS_EXPR = """CASE
+    WHEN f.vaccinated THEN 1
+    WHEN f.any_refused OR f.latest_triage = 1 THEN 2
+    ELSE 0
+END"""
+
+
+# Facts several tables read, materialised once per batch by the refresh (temp tables of these names);
+# the self-contained queries (checks, explain) define the same names as CTEs.
+ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible")
+PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts")
+
+
+def _patient_level(name: str, status_expr: str, description: str) -> DerivedTable:
+    seed = f"""
+        WITH {ELIGIBLE_CTE}
+        SELECT patient_id, programme_id FROM eligible WHERE programme_id = CAST(:programme_id AS bigint)"""
+    rows = f"""
+        SELECT s.patient_id, s.programme_id, ({status_expr})::smallint AS status
+        FROM {name} AS s
+        JOIN patient_facts AS f ON f.patient_id = s.patient_id
+        WHERE s.patient_id = ANY({BATCH}) AND s.programme_id = CAST(:programme_id AS bigint)"""
+    batch_seed = f"""
+        SELECT e.patient_id, e.programme_id, ({status_expr})::smallint AS status
+        FROM eligible AS e
+        JOIN patient_facts AS f ON f.patient_id = e.patient_id
+        WHERE e.programme_id = CAST(:programme_id AS bigint)"""
+    return DerivedTable(name=name, key_columns=("patient_id", "programme_id"), seed_sql=seed,
+                        compute_sql=f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} {rows}",
+                        description=description, batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS),
+                        batch_seed_sql=batch_seed, batch_compute_sql=rows)
+
+
+consent_statuses = _patient_level("patient_consent_statuses", CONSENT_STATUS_EXPR, "§1.5 consent")
+triage_statuses = _patient_level("patient_triage_statuses", TRIAGE_STATUS_EXPR, "§1.5 triage (mid-2025 rules)")
+vaccination_statuses = _patient_level("patient_vaccination_statuses", VACCINATION_STATUS_EXPR,
+                                      "§1.5 vaccination (programme)")
+
+# Session status: per patient_session × programme. PR #3304 fix: rule 4 needs ALL of L refused.
+SESSION_STATUS_EXPR = """CASE
+    WHEN lr.outcome = 0 THEN 1
+    WHEN lr.outcome = 4 THEN 2
+    WHEN lr.outcome = 3 OR f.latest_triage = 1 THEN 3
+    WHEN lr.outcome = 1 OR (f.n_latest > 0 AND f.all_refused) THEN 4
+    WHEN lr.outcome = 6 OR att.attending = false THEN 5
+    WHEN lr.outcome = 2 THEN 6
+    WHEN lr.outcome = 5 THEN 7
+    ELSE 0
+END"""
+
+TODAYS_ATTENDANCE_CTE = f"""
+todays_attendance AS MATERIALIZED (
+    SELECT a.patient_session_id, a.attending
+    FROM session_attendances AS a
+    JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
+    JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
+    -- `+ 0`: a hashed filter, not an index condition re-sorting the 10,000-id array on every loop
+    WHERE ps.patient_id + 0 = ANY({BATCH}) AND {SESSION_FILTER}
+)"""
+
+# The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
+LATEST_SESSION_RECORD_CTE = """
+latest_session_record AS (
+    SELECT DISTINCT ON (r.patient_id, r.session_id) r.patient_id, r.session_id, r.outcome
+    FROM kept_records AS r
+    WHERE r.session_id IS NOT NULL
+    ORDER BY r.patient_id, r.session_id, r.performed_at DESC, r.id DESC
+)"""
+
+# Per patient_session of the batch: how many of its programmes it has, and how many have a record there.
+PROGRAMME_DONE_CTE = """
+programme_done AS (
+    SELECT psp.patient_session_id,
+           count(*) AS n_programmes,
+           count(*) FILTER (WHERE EXISTS (
+               SELECT 1 FROM vaccination_records AS vr
+               WHERE vr.patient_id = psp.patient_id AND vr.programme_id = psp.programme_id
+                 AND vr.session_id = psp.session_id AND vr.discarded_at IS NULL)) AS n_recorded
+    FROM patient_session_programmes AS psp
+    GROUP BY psp.patient_session_id
+)"""
+
+LATEST_SESSION_RECORD_FACTS = BatchFacts(
+    "latest_session_record",
+    f"WITH {PATIENT_INPUTS_CTES}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record")
+TODAYS_ATTENDANCE_FACTS = BatchFacts("todays_attendance", f"WITH {TODAYS_ATTENDANCE_CTE} SELECT * FROM todays_attendance")
+# These two read the batch facts `eligible` / `patient_session_programmes`, so come after them.
+PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
+    "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes")
+PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} SELECT * FROM programme_done")
+
+SESSION_ROWS_IN_SCOPE_CTE = f"""
+rows_in_scope AS (
+    SELECT s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id
+    FROM patient_session_session_statuses AS s
+    JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
+    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
+      AND s.programme_id = CAST(:programme_id AS bigint)
+)"""
+
+
+def _session_rows(rows: str) -> str:
+    """Session status of `rows` (patient_session_id, programme_id, patient_id, session_id)."""
+    return f"""
+        SELECT s.patient_session_id, s.programme_id, ({SESSION_STATUS_EXPR})::smallint AS status
+        FROM {rows} AS s
+        JOIN patient_facts AS f ON f.patient_id = s.patient_id
+        LEFT JOIN latest_session_record AS lr ON lr.patient_id = s.patient_id AND lr.session_id = s.session_id
+        LEFT JOIN todays_attendance AS att ON att.patient_session_id = s.patient_session_id"""
+
+
+session_statuses = DerivedTable(
+    name="patient_session_session_statuses",
+    key_columns=("patient_session_id", "programme_id"),
+    description="§1.5 session status, per patient_session × programme",
+    seed_sql=f"""
+        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}
+        SELECT patient_session_id, programme_id FROM patient_session_programmes
+        WHERE programme_id = CAST(:programme_id AS bigint)""",
+    compute_sql=f"""
+        WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE}, {TODAYS_ATTENDANCE_CTE}, {SESSION_ROWS_IN_SCOPE_CTE},
+        {LATEST_SESSION_RECORD_CTE} {_session_rows("rows_in_scope")}""",
+    batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS, TODAYS_ATTENDANCE_FACTS,
+                 PATIENT_SESSION_PROGRAMMES_FACTS),
+    batch_seed_sql=_session_rows("""(
+        SELECT patient_session_id, programme_id, patient_id, session_id FROM patient_session_programmes
+        WHERE programme_id = CAST(:programme_id AS bigint))"""),
+    batch_compute_sql=f"WITH {SESSION_ROWS_IN_SCOPE_CTE} {_session_rows('rows_in_scope')}",
+)
+
+# Registration: per patient_session. Rows belong to the partition of each programme their session
+# has; every such partition computes the same value (rule 1 looks at ALL the session's programmes).
+# Fix to rule 1: an empty programme list is never `completed`.
+REGISTRATION_ROWS_IN_SCOPE_CTE = f"""
+rows_in_scope AS (
+    SELECT s.patient_session_id, ps.patient_id, ps.session_id
+    FROM patient_session_registration_statuses AS s
+    JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
+    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
+      AND EXISTS (SELECT 1 FROM session_programmes AS sp
+                  WHERE sp.session_id = ps.session_id AND sp.programme_id = CAST(:programme_id AS bigint))
+)"""
+
+
+def _registration_rows(rows: str) -> str:
+    """Registration status of `rows` (patient_session_id)."""
+    return f"""
+        SELECT s.patient_session_id, (CASE
+            WHEN coalesce(d.n_programmes, 0) > 0 AND d.n_recorded = d.n_programmes THEN 3
+            WHEN att.attending THEN 1
+            WHEN NOT att.attending THEN 2
+            ELSE 0
+        END)::smallint AS status
+        FROM {rows} AS s
+        LEFT JOIN programme_done AS d ON d.patient_session_id = s.patient_session_id
+        LEFT JOIN todays_attendance AS att ON att.patient_session_id = s.patient_session_id"""
+
+
+registration_statuses = DerivedTable(
+    name="patient_session_registration_statuses",
+    key_columns=("patient_session_id",),
+    description="§1.5 registration status, per patient_session",
+    seed_sql=f"""
+        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}
+        SELECT DISTINCT patient_session_id FROM patient_session_programmes
+        WHERE programme_id = CAST(:programme_id AS bigint)""",
+    compute_sql=f"""
+        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}, {TODAYS_ATTENDANCE_CTE},
+        {REGISTRATION_ROWS_IN_SCOPE_CTE}, {PROGRAMME_DONE_CTE} {_registration_rows("rows_in_scope")}""",
+    batch_facts=(ELIGIBLE_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS, TODAYS_ATTENDANCE_FACTS, PROGRAMME_DONE_FACTS),
+    batch_seed_sql=_registration_rows("""(
+        SELECT DISTINCT patient_session_id FROM patient_session_programmes
+        WHERE programme_id = CAST(:programme_id AS bigint))"""),
+    batch_compute_sql=f"WITH {REGISTRATION_ROWS_IN_SCOPE_CTE} {_registration_rows('rows_in_scope')}",
+)
+
+STATUS_TABLES = (consent_statuses, triage_statuses, vaccination_statuses, session_statuses, registration_statuses)
+STATUS_TABLES_BY_NAME = {t.name: t for t in STATUS_TABLES}
+DATE_DEPENDENT_TABLES = ("patient_session_session_statuses", "patient_session_registration_statuses")
+
+# Batch sources: patients of the scope, keyset-paged by id.
+ALL_PATIENTS_SQL = """
+    SELECT id FROM patients WHERE (CAST(:after AS bigint) IS NULL OR id > CAST(:after AS bigint))
+    ORDER BY id LIMIT :limit"""
+# A programme's full refresh: patients eligible today, plus those holding rows for it (rows no longer
+# expected are still recomputed). A registration row always comes with a session row of the
+# partition that seeded it, so it is reached through that partition.
+PROGRAMME_PATIENTS_SQL = f"""
+    WITH year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
+    programme_year_groups AS (
+        SELECT yg.min_year_group, yg.max_year_group FROM programmes AS pr JOIN year_groups AS yg ON yg.type = pr.type
+        WHERE pr.id = CAST(:programme_id AS bigint)
+    )
+    -- A union of three keyset-ordered index scans (each the next :limit ids of its kind), rather than
+    -- per-patient EXISTS tests that Postgres answers by hashing both status tables on every batch.
+    SELECT id FROM (
+        (SELECT pt.id FROM patients AS pt
+         WHERE (CAST(:after AS bigint) IS NULL OR pt.id > CAST(:after AS bigint))
+           AND CAST(:academic_year AS int) - pt.birth_academic_year - 5
+               BETWEEN (SELECT min_year_group FROM programme_year_groups)
+                   AND (SELECT max_year_group FROM programme_year_groups)
+         ORDER BY pt.id LIMIT :limit)
+        UNION
+        (SELECT s.patient_id FROM patient_consent_statuses AS s
+         WHERE (CAST(:after AS bigint) IS NULL OR s.patient_id > CAST(:after AS bigint))
+           AND s.programme_id = CAST(:programme_id AS bigint)
+         ORDER BY s.patient_id LIMIT :limit)
+        UNION
+        (SELECT ps.patient_id FROM patient_sessions AS ps
+         JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.id
+         WHERE (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
+           AND s.programme_id = CAST(:programme_id AS bigint)
+         ORDER BY ps.patient_id LIMIT :limit)
+    ) AS candidates
+    ORDER BY id LIMIT :limit"""
+SESSION_PATIENTS_SQL = """
+    SELECT DISTINCT patient_id FROM patient_sessions
+    WHERE session_id = ANY(CAST(:session_ids AS bigint[]))
+      AND (CAST(:after AS bigint) IS NULL OR patient_id > CAST(:after AS bigint))
+    ORDER BY patient_id LIMIT :limit"""
+
+# Explain: the inputs that decide a patient's statuses for one programme (ids, codes, dates only).
+EXPLAIN_INPUTS = {
+    "latest consents (L)": f"""
+        WITH {PATIENT_INPUTS_CTES}
+        SELECT id AS consent_id, response, route, (route = 4) AS self_consent,
+               submitted_at, created_at,
+               EXISTS (SELECT 1 FROM jsonb_array_elements(
+                   CASE WHEN jsonb_typeof(health_answers) = 'array' THEN health_answers ELSE '[]'::jsonb END) AS h
+                   WHERE lower(h ->> 'response') = 'yes') AS triage_needed
+        FROM latest_consents ORDER BY submitted_at, id""",
+    "latest triage": f"""
+        WITH {PATIENT_INPUTS_CTES}
+        SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
+        WHERE t.patient_id = ANY({BATCH}) AND t.programme_id = CAST(:programme_id AS bigint)
+          AND t.invalidated_at IS NULL
+        ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
+    "kept vaccination records": f"""
+        WITH {PATIENT_INPUTS_CTES}
+        SELECT id AS record_id, session_id, outcome, performed_at, dose_sequence, age AS age_when_given
+        FROM kept_records ORDER BY performed_at, id""",
+    "vaccinated": f"""
+        WITH {PATIENT_INPUTS_CTES}
+        SELECT vaccinated, any_administered FROM vaccinated""",
+    "patient sessions": f"""
+        WITH {ELIGIBLE_CTE}
+        SELECT ps.id AS patient_session_id, ps.session_id,
+               EXISTS (SELECT 1 FROM session_programmes sp WHERE sp.session_id = ps.session_id
+                       AND sp.programme_id = CAST(:programme_id AS bigint)) AS session_has_programme,
+               EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = CAST(:programme_id AS bigint))
+                   AS eligible_for_programme
+        FROM patient_sessions AS ps WHERE ps.patient_id = ANY({BATCH}) ORDER BY ps.id""",
+    "today's attendance": f"""
+        SELECT a.patient_session_id, sd.value AS session_date, a.attending
+        FROM session_attendances AS a
+        JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
+        JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
+        WHERE ps.patient_id = ANY({BATCH}) ORDER BY a.patient_session_id""",
+}

@@ -1,0 +1,395 @@
+"""Dagster wiring of the cached statuses: partitioned materialization, scopes, idempotency, sensors,
+schedule, checks and the explain command — against a real Postgres."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.statuses import (
+    StatusScope,
+    bad_status_inputs,
+    explain_statuses,
+    format_explanation,
+    programme_ids_by_type,
+    refresh_statuses,
+    status_coverage,
+    status_drift,
+    status_tables,
+)
+from orchestration.schema import ConsentStatus, SessionStatus
+from resources.postgres import PostgresResource
+from schedules.statuses import status_refresh_nightly
+from sensors.statuses import (
+    day_change_sensor,
+    on_sync_complete,
+    programme_added_sensor,
+    status_refresh_requests_sensor,
+)
+from sensors.sync_complete import SyncRun
+from test_statuses_helpers import TODAY, World, refresh_everything
+
+PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
+# 10:00 London on TODAY (GMT in November).
+NOW = datetime(TODAY.year, TODAY.month, TODAY.day, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def world(engine):
+    """Two sessions, three year-10 patients; patients 0 and 1 in the main session, patient 2 in the other."""
+    with engine.begin() as conn:
+        w = World(conn)
+        other = w.session(["hpv", "flu"], [TODAY + timedelta(days=7)])
+        w.patients = [w.patient() for _ in range(3)]
+        w.ps = [w.patient_session(w.patients[0]), w.patient_session(w.patients[1]),
+                w.patient_session(w.patients[2], other)]
+        w.other_session = other
+        w.consent(w.patients[0], "hpv", "given", parent_id=w.parent("Parent Zero"))
+        w.consent(w.patients[1], "hpv", "refused", parent_id=w.parent("Parent One"))
+        w.attendance(w.ps[0], False)
+        # Fixture data is not an event stream: start the request table empty.
+        conn.execute(sa.text("DELETE FROM status_refresh_requests"))
+    return w
+
+
+@pytest.fixture
+def instance():
+    inst = DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("programmes", PROGRAMMES)
+    yield inst
+
+
+def _config(**config):
+    config.setdefault("today", TODAY.isoformat())
+    return {"ops": {"status_tables": {"config": config}}}
+
+
+def _counts(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _status(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar_one_or_none()
+
+
+def test_materialize_one_partition_then_nothing_to_write(world, engine, instance, resources):
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
+                             "VALUES (0, :p, 'old', now() - interval '2 hours')"), {"p": world.patients[0]})
+    result = materialize([status_tables], partition_key="hpv", resources=resources, instance=instance,
+                         run_config=_config(scope="all"))
+    assert result.success
+    meta = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("status_tables")}
+    assert set(meta) == {"patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
+                         "patient_session_session_statuses", "patient_session_registration_statuses"}
+    assert meta["patient_consent_statuses"]["rows_seeded"].value == 3
+    assert meta["patient_session_session_statuses"]["rows_seeded"].value == 3
+    # Only hpv rows exist: one partition was refreshed.
+    assert _counts(engine, "patient_consent_statuses") == 3
+    assert _status(engine, "SELECT status FROM patient_consent_statuses WHERE patient_id = :p",
+                   p=world.patients[1]) == ConsentStatus.REFUSED
+
+    again = materialize([status_tables], partition_key="hpv", resources=resources, instance=instance,
+                        run_config=_config(scope="all"))
+    for m in again.asset_materializations_for_node("status_tables"):
+        assert m.metadata["rows_seeded"].value == 0, m.asset_key
+        assert m.metadata["rows_changed"].value == 0, m.asset_key
+    assert again.asset_materializations_for_node("status_tables")[0].metadata["rows_unchanged"].value > 0
+    # A full run of ONE programme does not settle patient requests (they cover every programme).
+    assert _status(engine, "SELECT count(*) FROM status_refresh_requests WHERE processed_at IS NULL") == 1
+
+
+def test_one_run_over_every_programme_marks_its_requests(world, engine, instance, resources):
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason) VALUES "
+                             "(0, :p, 'test'), (0, :p, 'test')"), {"p": world.patients[0]})
+        request_ids = conn.execute(sa.text("SELECT id FROM status_refresh_requests ORDER BY id")).scalars().all()
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason) VALUES (0, 999, 'x')"))
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("status_refresh")
+    result = job.execute_in_process(
+        instance=instance, resources=resources,
+        tags={ASSET_PARTITION_RANGE_START_TAG: "flu", ASSET_PARTITION_RANGE_END_TAG: "td_ipv"},
+        run_config=_config(scope="patients", patient_ids=[world.patients[0]], request_ids=request_ids))
+    assert result.success
+    # Patient 0 only, every programme: 4 patient-level rows per table, none for the others.
+    assert _counts(engine, "patient_consent_statuses") == 4
+    assert _counts(engine, "patient_session_session_statuses") == 4
+    with engine.connect() as conn:
+        pending = conn.execute(sa.text("SELECT id FROM status_refresh_requests WHERE processed_at IS NULL")).scalars().all()
+    assert len(pending) == 1 and pending[0] not in request_ids
+
+
+def test_scopes_touch_only_their_rows(world, engine):
+    refresh_everything(engine)
+    hpv = world.programmes["hpv"]
+    corrupt = "UPDATE patient_consent_statuses SET status = 3 WHERE programme_id = :pr"
+    corrupt_session = "UPDATE patient_session_session_statuses SET status = 7 WHERE programme_id = :pr"
+    with engine.begin() as conn:
+        conn.execute(sa.text(corrupt), {"pr": hpv})
+        conn.execute(sa.text(corrupt_session), {"pr": hpv})
+    with engine.connect() as conn:
+        # Patient scope: only patient 1 is repaired.
+        result = refresh_statuses(conn, hpv, StatusScope(patient_ids=(world.patients[1],)), TODAY)
+        assert result.tables["patient_consent_statuses"].changed == 1
+        # Session scope: only the other session's patient_session (and its patient's rows).
+        result = refresh_statuses(conn, hpv, StatusScope(session_ids=(world.other_session,)), TODAY)
+        assert result.tables["patient_session_session_statuses"].changed == 1
+        assert result.tables["patient_consent_statuses"].changed == 1
+    rows = dict(engine.connect().execute(sa.text(
+        "SELECT patient_id, status FROM patient_consent_statuses WHERE programme_id = :pr"), {"pr": hpv}).all())
+    assert rows == {world.patients[0]: 3, world.patients[1]: ConsentStatus.REFUSED,
+                    world.patients[2]: ConsentStatus.NO_RESPONSE}
+    sessions = dict(engine.connect().execute(sa.text(
+        "SELECT patient_session_id, status FROM patient_session_session_statuses WHERE programme_id = :pr"),
+        {"pr": hpv}).all())
+    assert sessions[world.ps[0]] == 7  # neither patient 0 nor its session was in scope
+    assert sessions[world.ps[1]] == SessionStatus.REFUSED  # a patient scope covers its patient_sessions
+    assert sessions[world.ps[2]] == SessionStatus.NONE_YET
+
+
+def test_checks_fail_on_a_corrupted_cache_and_name_the_keys(world, engine):
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        assert all(not v for v in status_drift(conn, TODAY, sample_size=100).values())
+        assert all(not v for v in status_coverage(conn, TODAY).values())
+        assert bad_status_inputs(conn, NOW) == {}
+    with engine.begin() as conn:
+        world.conn = conn
+        conn.execute(sa.text("UPDATE patient_session_session_statuses SET status = 1 WHERE patient_session_id = :ps "
+                             "AND programme_id = :pr"), {"ps": world.ps[0], "pr": world.programmes["flu"]})
+        conn.execute(sa.text("DELETE FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr"),
+                     {"p": world.patients[2], "pr": world.programmes["menacwy"]})
+        future = world.record(world.patients[2], "flu", "administered", performed=NOW + timedelta(days=3),
+                              session_id=world.other_session)
+    with engine.connect() as conn:
+        drift = status_drift(conn, TODAY, sample_size=100)
+        # The corrupted row, and the row the (not yet refreshed) future record changed.
+        assert drift["patient_session_session_statuses"] == [
+            {"patient_session_id": world.ps[0], "programme_id": world.programmes["flu"],
+             "cached": 1, "computed": SessionStatus.ABSENT_FROM_SESSION},
+            {"patient_session_id": world.ps[2], "programme_id": world.programmes["flu"],
+             "cached": 0, "computed": SessionStatus.VACCINATED}]
+        missing = status_coverage(conn, TODAY)
+        assert missing["patient_triage_statuses"] == [
+            {"patient_id": world.patients[2], "programme_id": world.programmes["menacwy"]}]
+        assert bad_status_inputs(conn, NOW) == {"vaccination records performed in the future": [future]}
+
+
+def test_asset_checks_run_through_dagster(world, engine, instance, resources):
+    from orchestration.definitions import defs
+
+    refresh_everything(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE patient_consent_statuses SET status = 0 WHERE patient_id = :p"),
+                     {"p": world.patients[1]})
+    job = defs.resolve_job_def("status_checks")
+    import os
+
+    os.environ["PSO_NOW"] = NOW.isoformat()
+    try:
+        result = job.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+    finally:
+        del os.environ["PSO_NOW"]
+    evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    drift = evaluations[("patient_consent_statuses", "no_drift")]
+    assert not drift.passed
+    keys = drift.metadata["mismatched_keys"].value
+    assert {"patient_id": world.patients[1], "programme_id": world.programmes["hpv"], "cached": 0,
+            "computed": ConsentStatus.REFUSED} in keys
+    assert evaluations[("patient_triage_statuses", "no_drift")].passed
+    assert evaluations[("patient_triage_statuses", "every_expected_row_exists")].passed
+    assert evaluations[("patient_consent_statuses", "status_inputs_valid")].passed
+
+
+# --- sensors -----------------------------------------------------------------------------------
+
+
+def _sensor_context(database_url, instance, cursor=None):
+    return build_sensor_context(instance=instance, cursor=cursor,
+                                resources={"postgres": PostgresResource(database_url=database_url)})
+
+
+def test_programme_added_adds_partitions_and_requests_session_runs(world, database_url):
+    instance = DagsterInstance.ephemeral()
+    result = programme_added_sensor(_sensor_context(database_url, instance))
+    assert isinstance(result, SensorResult)
+    added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
+    assert sorted(added) == PROGRAMMES
+    by_partition = {r.partition_key: r for r in result.run_requests}
+    assert sorted(by_partition) == PROGRAMMES
+    hpv = by_partition["hpv"].run_config["ops"]["status_tables"]["config"]
+    assert hpv["scope"] == "sessions" and hpv["session_ids"] == sorted([world.main_session, world.other_session])
+    assert by_partition["menacwy"].run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.main_session]
+    cursor = result.cursor
+    # Next tick: nothing new → no double run.
+    instance.add_dynamic_partitions("programmes", added)
+    assert isinstance(programme_added_sensor(_sensor_context(database_url, instance, cursor)), SkipReason)
+    # A programme added to a session: a session-scoped run, keyed by the row id; no new partition.
+    with sa.create_engine(database_url).begin() as conn:
+        sp = World.__new__(World)
+        sp.conn, sp.programmes = conn, world.programmes
+        row_id = sp.add_programme(world.other_session, "td_ipv")
+    result = programme_added_sensor(_sensor_context(database_url, instance, cursor))
+    assert result.dynamic_partitions_requests == []
+    [request] = result.run_requests
+    assert request.partition_key == "td_ipv" and request.run_key == f"programme_added:td_ipv:{row_id}-{row_id}:1"
+    assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.other_session]
+    # Cursor reset: every row is seen again, in one tick; keys name the rows, so a repeated key is
+    # only ever dropped for work that already ran.
+    again = {r.partition_key: r for r in programme_added_sensor(_sensor_context(database_url, instance)).run_requests}
+    assert again["td_ipv"].run_config["ops"]["status_tables"]["config"]["session_ids"] == sorted(
+        [world.main_session, world.other_session])
+    assert again["td_ipv"].run_key != request.run_key
+
+
+def test_day_change_once_per_date_with_catch_up(world, database_url, instance, monkeypatch):
+    monkeypatch.setenv("PSO_NOW", NOW.isoformat())
+    first = day_change_sensor(_sensor_context(database_url, instance))
+    [request] = first.run_requests
+    assert request.run_key == f"day_change:{TODAY.isoformat()}"
+    assert first.cursor == TODAY.isoformat()
+    config = request.run_config["ops"]["status_tables"]["config"]
+    assert config == {"scope": "sessions", "session_ids": [world.main_session], "patient_ids": [],
+                      "request_ids": [], "today": TODAY.isoformat()}
+    assert {k.path[-1] for k in request.asset_selection} == {"patient_session_session_statuses",
+                                                             "patient_session_registration_statuses"}
+    assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "flu"
+    assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "td_ipv"
+    # Same date again: nothing.
+    assert isinstance(day_change_sensor(_sensor_context(database_url, instance, first.cursor)), SkipReason)
+    # After 9 days of downtime: ONE run for the new date, covering the sessions held in between.
+    later = NOW + timedelta(days=9)
+    monkeypatch.setenv("PSO_NOW", later.isoformat())
+    caught_up = day_change_sensor(_sensor_context(database_url, instance, first.cursor))
+    [request] = caught_up.run_requests
+    assert request.run_key == f"day_change:{(TODAY + timedelta(days=9)).isoformat()}"
+    assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == sorted(
+        [world.main_session, world.other_session])
+    assert isinstance(day_change_sensor(_sensor_context(database_url, instance, caught_up.cursor)), SkipReason)
+
+
+def test_day_change_on_1_september_refreshes_everything(world, database_url, instance, monkeypatch):
+    monkeypatch.setenv("PSO_NOW", "2027-09-01T06:00:00+00:00")
+    result = day_change_sensor(_sensor_context(database_url, instance, "2027-08-31"))
+    [request] = result.run_requests
+    assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    assert len(request.asset_selection) == 5
+    # An ordinary day with no session dates: cursor advances, no run.
+    monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
+    quiet = day_change_sensor(_sensor_context(database_url, instance, "2027-09-02"))
+    assert quiet.run_requests == [] and quiet.cursor == "2027-09-03"
+
+
+def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engine, database_url, instance,
+                                                                     resources):
+    with engine.begin() as conn:  # the triggers write the requests
+        world.conn = conn
+        world.consent(world.patients[2], "flu", "given", parent_id=world.parent("Parent Two"))
+        world.triage(world.patients[0], "hpv", "ready_to_vaccinate")
+        conn.execute(sa.text("INSERT INTO session_dates (session_id, value) VALUES (:s, :d)"),
+                     {"s": world.other_session, "d": TODAY + timedelta(days=8)})
+    result = status_refresh_requests_sensor(_sensor_context(database_url, instance))
+    [request] = result.run_requests
+    config = request.run_config["ops"]["status_tables"]["config"]
+    assert config["scope"] == "patients_and_sessions"
+    assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
+    assert config["session_ids"] == [world.other_session]
+    assert len(config["request_ids"]) == 3
+    # Same pending batch on the next tick (its run failed or never ran): requested again, new key.
+    retry = status_refresh_requests_sensor(_sensor_context(database_url, instance, result.cursor))
+    assert retry.run_requests[0].run_key != request.run_key
+    from orchestration.definitions import defs
+
+    run = defs.resolve_job_def("status_refresh").execute_in_process(
+        instance=instance, resources=resources, tags=request.tags, run_config=_config(**config))
+    assert run.success
+    assert isinstance(status_refresh_requests_sensor(_sensor_context(database_url, instance, retry.cursor)),
+                      SkipReason)
+    assert _status(engine, "SELECT status FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr",
+                   p=world.patients[0], pr=world.programmes["hpv"]) == 2
+
+
+def test_an_all_request_becomes_a_full_run_that_marks_earlier_requests(world, engine, database_url, instance,
+                                                                       resources):
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
+                             "VALUES (0, :p, 'old', now() - interval '2 hours')"), {"p": world.patients[0]})
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, reason) VALUES (2, 'day change')"))
+    result = status_refresh_requests_sensor(_sensor_context(database_url, instance))
+    [request] = result.run_requests
+    assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    with engine.begin() as conn:  # arrives while the run is queued; an `all` run marks it only if older
+        conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
+                             "VALUES (0, :p, 'stale', now() - interval '1 hour')"), {"p": world.patients[1]})
+    from orchestration.definitions import defs
+
+    config = request.run_config["ops"]["status_tables"]["config"]
+    assert defs.resolve_job_def("status_refresh").execute_in_process(
+        instance=instance, resources=resources, tags=request.tags, run_config=_config(**config)).success
+    assert _status(engine, "SELECT count(*) FROM status_refresh_requests WHERE processed_at IS NULL") == 0
+    assert _counts(engine, "patient_consent_statuses") == 12
+
+
+def test_sync_complete_requests_a_patient_scoped_refresh(world, database_url):
+    run = SyncRun(id=41, source="immunisation_import", replica_id=None, started_at=NOW, finished_at=NOW,
+                  all_succeeded=True, touched=[world.patients[2], world.patients[0]])
+    reaction = on_sync_complete(run)
+    assert {r.partition_key for r in reaction.run_requests} == set(PROGRAMMES)
+    for request in reaction.run_requests:
+        assert request.run_key == f"sync_complete:41:{request.partition_key}"
+        config = request.run_config["ops"]["status_tables"]["config"]
+        assert config["scope"] == "patients"
+        assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
+    empty = SyncRun(id=42, source="immunisation_import", replica_id=None, started_at=NOW, finished_at=NOW,
+                    all_succeeded=True, touched=[])
+    assert on_sync_complete(empty).run_requests == []
+
+
+def test_nightly_schedule_is_one_full_run_at_03_london():
+    when = datetime(2026, 7, 2, 2, 0, tzinfo=timezone.utc)  # 03:00 BST
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("programmes", PROGRAMMES)
+        request = status_refresh_nightly(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    assert isinstance(request, RunRequest)
+    assert request.run_key == "status_refresh_nightly:2026-07-02"
+    assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    assert request.run_config["ops"]["status_tables"]["config"]["today"] == "2026-07-02"
+    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+        "flu", "td_ipv")
+    assert status_refresh_nightly.execution_timezone == "Europe/London"
+    assert status_refresh_nightly.cron_schedule == "0 3 * * *"
+
+
+def test_explain_prints_statuses_and_inputs_without_names(world, engine, capsys):
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        explanation = explain_statuses(conn, world.patients[1], "hpv", TODAY)
+    text = format_explanation(explanation)
+    assert "patient_consent_statuses" in text and ": refused (recomputed: refused)" in text
+    assert "latest consents (L):" in text and "response=1" in text
+    for name in ("Testy", "Fakename", "Parent One"):
+        assert name not in text
+    from orchestration.cli import main
+
+    assert main(["explain", str(world.patients[0]), "hpv", "--today", TODAY.isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "patient_session_session_statuses" in out and "absent_from_session" in out
+    assert "attending=False" in out

@@ -1,0 +1,368 @@
+"""Table-driven rule tests for the cached statuses (domain.md §1.4–1.6), against a real Postgres.
+
+Every case builds its own patient (all in one database), one full refresh of every programme runs,
+and each case's cached statuses are compared with the expected codes. Cases name the rule, fix or
+quirk they reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from orchestration.schema import (
+    ConsentStatus as C,
+    RegistrationStatus as R,
+    SessionStatus as S,
+    TriageStatus as T,
+    VaccinationStatus as V,
+)
+from test_statuses_helpers import TODAY, YEAR_10, World, at, refresh_everything
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[World, int, int], None]  # (world, patient_id, patient_session_id)
+    programme: str = "hpv"
+    consent: int | None = None
+    triage: int | None = None
+    vaccination: int | None = None
+    session: int | None = None
+    registration: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def nothing(w, p, ps):
+    pass
+
+
+def both_parents(first: str, second: str, programme: str = "hpv"):
+    def build(w, p, ps):
+        w.consent(p, programme, first, parent_id=w.parent("Parent One"), submitted=0)
+        w.consent(p, programme, second, parent_id=w.parent("Parent Two"), submitted=1)
+    return build
+
+
+def chain(*steps):
+    def build(w, p, ps):
+        for step in steps:
+            step(w, p, ps)
+    return build
+
+
+def consent(response, route="website", name="Parent One", **kw):
+    def build(w, p, ps):
+        parent = None if route == "self_consent" else w.parent(name)
+        w.consent(p, kw.pop("programme", "hpv"), response, route=route, parent_id=parent, **kw)
+    return build
+
+
+def triage(status, **kw):
+    return lambda w, p, ps: w.triage(p, kw.pop("programme", "hpv"), status, **kw)
+
+
+def record(outcome, programme="hpv", **kw):
+    return lambda w, p, ps: w.record(p, programme, outcome, **kw)
+
+
+def attend(attending, day=TODAY):
+    return lambda w, p, ps: w.attendance(ps, attending, day)
+
+
+def same_name_parents(w, p, ps):
+    # Duplicate parent rows from repeated form submissions merge by name: the newest answer wins.
+    w.consent(p, "hpv", "given", parent_id=w.parent("Dup Parent"), submitted=0)
+    w.consent(p, "hpv", "refused", parent_id=w.parent("Dup Parent"), submitted=2)
+
+
+def unknown_name_parents(w, p, ps):
+    # Side effect kept: distinct parents without a name merge into one group.
+    w.consent(p, "hpv", "refused", parent_id=w.parent(None), submitted=0)
+    w.consent(p, "hpv", "given", parent_id=w.parent(None), submitted=2)
+
+
+def submitted_beats_created(w, p, ps):
+    parent = w.parent("Order Parent")
+    w.consent(p, "hpv", "given", parent_id=parent, submitted=5, created=0)
+    w.consent(p, "hpv", "refused", parent_id=parent, submitted=1, created=9)
+
+
+def not_provided_ignored(w, p, ps):
+    parent = w.parent("Np Parent")
+    w.consent(p, "hpv", "given", parent_id=parent, submitted=0)
+    w.consent(p, "hpv", "not_provided", parent_id=parent, submitted=3)
+
+
+def invalidated_ignored(w, p, ps):
+    w.consent(p, "hpv", "given", parent_id=w.parent("Val Parent"), submitted=0)
+    w.consent(p, "hpv", "refused", parent_id=w.parent("Inval Parent"), submitted=3, invalidated=True)
+
+
+def self_changed_mind(w, p, ps):
+    w.consent(p, "hpv", "given", route="self_consent", submitted=0)
+    w.consent(p, "hpv", "refused", route="self_consent", submitted=2)
+
+
+# performed 2021-09-30 23:30 UTC = 1 October 2021 in London: the 10th birthday of a child born 1 Oct 2011.
+LONDON_TENTH_BIRTHDAY = datetime(2021, 9, 30, 23, 30, tzinfo=timezone.utc)
+UTC_DAY_BEFORE = datetime(2021, 9, 30, 22, 30, tzinfo=timezone.utc)  # 23:30 London, still 30 September
+
+CASES = [
+    # --- consent -------------------------------------------------------------------------
+    Case("consent: nothing → no_response", nothing, consent=C.NO_RESPONSE, triage=T.NOT_REQUIRED,
+         vaccination=V.NONE_YET, session=S.NONE_YET, registration=R.UNKNOWN),
+    Case("consent rule 1: parent given", consent("given"), consent=C.GIVEN, triage=T.NOT_REQUIRED),
+    Case("consent rule 2: parent refused", consent("refused"), consent=C.REFUSED,
+         vaccination=V.COULD_NOT_VACCINATE, session=S.REFUSED),
+    Case("consent rule 3: parents disagree → conflicts", both_parents("given", "refused"), consent=C.CONFLICTS,
+         vaccination=V.COULD_NOT_VACCINATE, session=S.NONE_YET),
+    Case("consent rule 1: both parents given", both_parents("given", "given"), consent=C.GIVEN),
+    Case("consent rule 2: both parents refused", both_parents("refused", "refused"), consent=C.REFUSED,
+         session=S.REFUSED),
+    Case("consent quirk: self given overrides parental refusal",
+         chain(consent("refused"), consent("given", route="self_consent")), consent=C.GIVEN,
+         vaccination=V.COULD_NOT_VACCINATE),
+    Case("consent quirk: self refused + parent given → no_response",
+         chain(consent("given"), consent("refused", route="self_consent")), consent=C.NO_RESPONSE),
+    Case("consent: self changed mind, latest self answer wins", self_changed_mind, consent=C.REFUSED),
+    Case("consent: withdrawn is stored as refused", consent("refused", withdrawn=True), consent=C.REFUSED),
+    Case("consent: invalidated ignored", invalidated_ignored, consent=C.GIVEN, vaccination=V.NONE_YET),
+    Case("consent: not_provided dropped before grouping", not_provided_ignored, consent=C.GIVEN),
+    Case("consent: same-name parent rows merge, newest wins", same_name_parents, consent=C.REFUSED),
+    Case("consent: unknown-name parents merge (kept side effect)", unknown_name_parents, consent=C.GIVEN),
+    Case("consent: submitted_at orders, not created_at", submitted_beats_created, consent=C.GIVEN),
+    Case("consent: only the programme's consents count", consent("refused", programme="flu"),
+         consent=C.NO_RESPONSE),
+    # --- triage ---------------------------------------------------------------------------
+    Case("triage rule 1: vaccinated → not_required even with needs_follow_up",
+         chain(record("administered"), triage("needs_follow_up")), triage=T.NOT_REQUIRED,
+         vaccination=V.VACCINATED),
+    Case("triage rule 2: ready_to_vaccinate → safe", triage("ready_to_vaccinate"), triage=T.SAFE_TO_VACCINATE),
+    Case("triage rule 3: do_not_vaccinate", triage("do_not_vaccinate"), triage=T.DO_NOT_VACCINATE,
+         vaccination=V.COULD_NOT_VACCINATE, session=S.HAD_CONTRAINDICATIONS),
+    Case("triage rule 4: delay_vaccination", triage("delay_vaccination"), triage=T.DELAY_VACCINATION),
+    Case("triage rule 5: needs_follow_up → required", triage("needs_follow_up"), triage=T.REQUIRED),
+    Case("triage: latest triage wins", chain(triage("do_not_vaccinate", created=0), triage("ready_to_vaccinate",
+                                                                                               created=2)),
+         triage=T.SAFE_TO_VACCINATE, vaccination=V.NONE_YET, session=S.NONE_YET),
+    Case("triage: invalidated triage ignored", chain(triage("ready_to_vaccinate", created=0),
+                                                     triage("do_not_vaccinate", created=2, invalidated=True)),
+         triage=T.SAFE_TO_VACCINATE),
+    Case("triage rule 6: given consent with a 'YES' health answer → required",
+         consent("given", health_yes="YES"), consent=C.GIVEN, triage=T.REQUIRED),
+    Case("triage rule 7: given consent, health answers all no", consent("given"), triage=T.NOT_REQUIRED),
+    Case("triage rule 6 needs given consent: refused with 'yes'", consent("refused", health_yes="yes"),
+         triage=T.NOT_REQUIRED),
+    Case("triage rule 6 needs the consent STATUS given: conflicts with 'yes'",
+         chain(consent("given", name="Pa", health_yes="yes"), consent("refused", name="Pb", submitted=1)),
+         consent=C.CONFLICTS, triage=T.NOT_REQUIRED),
+    Case("triage rule 6: Td/IPV non-final dose + given consent → required",
+         chain(consent("given", programme="td_ipv"), record("administered", programme="td_ipv", dose_sequence=3)),
+         programme="td_ipv", triage=T.REQUIRED, vaccination=V.NONE_YET, session=S.VACCINATED),
+    Case("triage rule 7: Td/IPV non-final dose without consent → not_required",
+         record("administered", programme="td_ipv", dose_sequence=3), programme="td_ipv",
+         triage=T.NOT_REQUIRED),
+    # --- vaccinated criteria / programme status -----------------------------------------------
+    Case("vaccinated: hpv administered", record("administered"), vaccination=V.VACCINATED,
+         session=S.VACCINATED),
+    Case("vaccinated: discarded record does not count", record("administered", discarded=True),
+         vaccination=V.NONE_YET, session=S.NONE_YET),
+    Case("vaccinated: already_had counts (flu)", record("already_had", programme="flu"), programme="flu",
+         vaccination=V.VACCINATED, session=S.ALREADY_HAD),
+    Case("vaccinated: flu administered outside any session", record("administered", programme="flu",
+                                                                     session_id=None),
+         programme="flu", vaccination=V.VACCINATED, session=S.NONE_YET),
+    Case("vaccinated: menacwy at 10 on the London date (UTC date still 9)",
+         record("administered", programme="menacwy", performed=LONDON_TENTH_BIRTHDAY), programme="menacwy",
+         vaccination=V.VACCINATED),
+    Case("vaccinated: menacwy at 9 does not count",
+         record("administered", programme="menacwy", performed=UTC_DAY_BEFORE), programme="menacwy",
+         vaccination=V.NONE_YET, triage=T.NOT_REQUIRED),
+    Case("vaccinated: td_ipv dose 5 at 10+", record("administered", programme="td_ipv", dose_sequence=5,
+                                                    session_id=None), programme="td_ipv",
+         vaccination=V.VACCINATED),
+    Case("vaccinated: td_ipv no dose, in a session, 10+", record("administered", programme="td_ipv"),
+         programme="td_ipv", vaccination=V.VACCINATED),
+    Case("vaccinated: td_ipv no dose and no session does not count",
+         record("administered", programme="td_ipv", session_id=None), programme="td_ipv",
+         vaccination=V.NONE_YET),
+    Case("vaccinated: td_ipv dose 5 at 9 does not count",
+         record("administered", programme="td_ipv", dose_sequence=5, performed=UTC_DAY_BEFORE, session_id=None),
+         programme="td_ipv", vaccination=V.NONE_YET),
+    Case("programme rule 2 fix: LATEST triage read (old do_not_vaccinate, new ready)",
+         chain(triage("do_not_vaccinate", created=0), triage("ready_to_vaccinate", created=3)),
+         vaccination=V.NONE_YET),
+    Case("programme rule 2: latest triage do_not_vaccinate", chain(triage("ready_to_vaccinate", created=0),
+                                                                   triage("do_not_vaccinate", created=3)),
+         vaccination=V.COULD_NOT_VACCINATE),
+    # --- session status ------------------------------------------------------------------------
+    Case("session rule 2: already_had", record("already_had"), session=S.ALREADY_HAD),
+    Case("session rule 3: contraindications record", record("contraindications"),
+         session=S.HAD_CONTRAINDICATIONS, vaccination=V.NONE_YET),
+    Case("session rule 4: refused record", record("refused"), session=S.REFUSED),
+    Case("session rule 5: absent_from_session record", record("absent_from_session"),
+         session=S.ABSENT_FROM_SESSION),
+    Case("session rule 5: not attending today", attend(False), session=S.ABSENT_FROM_SESSION,
+         registration=R.NOT_ATTENDING),
+    Case("session rule 5 reads TODAY only: absent yesterday", attend(False, TODAY - timedelta(days=1)),
+         session=S.NONE_YET, registration=R.UNKNOWN),
+    Case("session rule 6: not_well", record("not_well"), session=S.UNWELL),
+    Case("session rule 7: absent_from_school (code kept)", record("absent_from_school"),
+         session=S.ABSENT_FROM_SCHOOL),
+    Case("session: latest record in the session wins", chain(record("administered", performed=0),
+                                                             record("not_well", performed=2)),
+         session=S.UNWELL, vaccination=V.VACCINATED),
+    Case("session: a record of another programme does not count", record("administered", programme="flu"),
+         session=S.NONE_YET),
+    Case("session rule order: refusal beats absence", chain(consent("refused"), attend(False)),
+         session=S.REFUSED, registration=R.NOT_ATTENDING),
+    # --- registration --------------------------------------------------------------------------
+    Case("registration rule 2: attending today", attend(True), registration=R.ATTENDING),
+    Case("registration rule 1: every programme recorded in this session → completed",
+         chain(record("administered", programme="flu"), record("refused", programme="hpv"),
+               record("not_well", programme="menacwy"), record("administered", programme="td_ipv"),
+               attend(True)),
+         registration=R.COMPLETED),
+    Case("registration: one programme unrecorded → attending", chain(record("administered"), attend(True)),
+         registration=R.ATTENDING),
+]
+
+
+@pytest.fixture(scope="module")
+def rules_world(pg_admin_url, template_database):
+    """One database holding every case, refreshed once (module scope keeps the tests fast)."""
+    import psycopg
+
+    name = "pso_test_statuses_rules"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    url = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    engine = sa.create_engine(url, connect_args={"prepare_threshold": None})
+    built = {}
+    with engine.begin() as conn:
+        world = World(conn)
+        for case in CASES:
+            patient = world.patient()
+            ps = world.patient_session(patient)
+            case.build(world, patient, ps)
+            built[case.name] = (patient, ps)
+    results = refresh_everything(engine)
+    with engine.connect() as conn:
+        world.conn = conn
+        yield world, built, results, engine
+    engine.dispose()
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_rule(rules_world, case: Case):
+    world, built, _results, _engine = rules_world
+    patient, ps = built[case.name]
+    got, want = {}, {}
+    for label, table in (("consent", "patient_consent_statuses"), ("triage", "patient_triage_statuses"),
+                         ("vaccination", "patient_vaccination_statuses")):
+        if getattr(case, label) is not None:
+            want[label] = int(getattr(case, label))
+            got[label] = world.patient_status(table, patient, case.programme)
+    if case.session is not None:
+        want["session"], got["session"] = int(case.session), world.session_status(ps, case.programme)
+    if case.registration is not None:
+        want["registration"], got["registration"] = int(case.registration), world.registration_status(ps)
+    assert got == want
+
+
+def test_every_status_value_is_reached():
+    reached = {label: {int(getattr(c, label)) for c in CASES if getattr(c, label) is not None}
+               for label in ("consent", "triage", "vaccination", "session", "registration")}
+    assert reached == {"consent": set(map(int, C)), "triage": set(map(int, T)), "vaccination": set(map(int, V)),
+                       "session": set(map(int, S)), "registration": set(map(int, R))}
+
+
+def test_second_refresh_writes_nothing(rules_world):
+    _world, _built, first, engine = rules_world
+    assert sum(r.written for r in first.values()) > 0
+    second = refresh_everything(engine)
+    for programme, result in second.items():
+        for table, counts in result.tables.items():
+            assert (counts.seeded, counts.changed) == (0, 0), (programme, table)
+            assert counts.unchanged > 0 or table.startswith("patient_session"), (programme, table)
+
+
+# --- which rows exist (§1.6) -------------------------------------------------------------------
+
+
+def test_rows_follow_eligibility_and_the_sessions_own_programmes(engine):
+    with engine.begin() as conn:
+        w = World(conn)
+        year_7 = w.patient(birth_academic_year=2014)  # flu only
+        year_10 = w.patient()
+        too_old = w.patient(birth_academic_year=2005)  # year 16: nothing
+        hpv_session = w.session(["hpv"], [TODAY])
+        ps7 = w.patient_session(year_7)
+        ps10_main = w.patient_session(year_10)
+        ps10_hpv = w.patient_session(year_10, hpv_session)
+        ps_old = w.patient_session(too_old)
+        ps7_hpv = w.patient_session(year_7, hpv_session)  # session programme the patient is not eligible for
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        def keys(sql):
+            return set(conn.execute(sa.text(sql)).all())
+
+        pr = w.programmes
+        assert keys("SELECT patient_id, programme_id FROM patient_consent_statuses") == {
+            (year_7, pr["flu"]), *((year_10, pr[t]) for t in pr)}
+        assert keys("SELECT patient_id, programme_id FROM patient_triage_statuses") == keys(
+            "SELECT patient_id, programme_id FROM patient_vaccination_statuses") == keys(
+            "SELECT patient_id, programme_id FROM patient_consent_statuses")
+        assert keys("SELECT patient_session_id, programme_id FROM patient_session_session_statuses") == {
+            (ps7, pr["flu"]), *((ps10_main, pr[t]) for t in pr), (ps10_hpv, pr["hpv"])}
+        assert keys("SELECT patient_session_id FROM patient_session_registration_statuses") == {
+            (ps7,), (ps10_main,), (ps10_hpv,)}
+        assert ps_old and ps7_hpv  # exist, but have no programme → no rows
+
+
+def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
+    """Fix to registration rule 1: a patient_session whose programme list became empty is not `completed`."""
+    with engine.begin() as conn:
+        w = World(conn)
+        hpv_session = w.session(["hpv"], [TODAY])
+        p = w.patient()
+        ps = w.patient_session(p, hpv_session)
+        w.record(p, "hpv", "refused", session_id=hpv_session)
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.registration_status(ps) == R.COMPLETED
+    with engine.begin() as conn:
+        # Now year 6: no longer eligible for hpv, so the session gives it no programme.
+        conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id = :p"), {"p": p})
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.registration_status(ps) == R.UNKNOWN  # upstream's all?([]) said completed
+        assert w.patient_status("patient_consent_statuses", p, "hpv") == C.NO_RESPONSE  # row kept
+
+
+def test_today_is_the_injected_london_date(engine):
+    """The attendance of 23 Nov counts on 23 Nov and not on the next London day."""
+    with engine.begin() as conn:
+        w = World(conn)
+        p = w.patient()
+        ps = w.patient_session(p)
+        w.attendance(ps, False)
+    refresh_everything(engine, today=TODAY)
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.session_status(ps, "flu") == S.ABSENT_FROM_SESSION
+    refresh_everything(engine, today=TODAY + timedelta(days=1))
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.session_status(ps, "flu") == S.NONE_YET
+        assert w.registration_status(ps) == R.UNKNOWN
