@@ -13,10 +13,13 @@ function in their assets module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+
+import psutil
 
 from orchestration.settings import PROJECT_ROOT, SettingsError, get_settings
 
@@ -105,30 +108,50 @@ def _prepare_and_serve(args) -> int:
     workspace = str(PROJECT_ROOT / "workspace.yaml")
     bin_dir = os.path.dirname(sys.executable)
     print(f"dagster   starting webserver and daemon: open {url}  (Ctrl-C stops everything)", flush=True)
-    # Webserver and daemon share one new process group, so one signal stops both.
-    webserver = subprocess.Popen(
-        [os.path.join(bin_dir, "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
-        env=env, cwd=PROJECT_ROOT, start_new_session=True)
-    daemon = subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
-                              env=env, cwd=PROJECT_ROOT, process_group=webserver.pid)
+    # Each server runs in its own session (a Ctrl-C meant for us does not hit them half-way);
+    # we stop both groups ourselves, whatever happens.
+    servers: list[subprocess.Popen] = []
 
-    def forward(signum, _frame):
-        try:
-            os.killpg(webserver.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    def stop_servers(signum=None, _frame=None):
+        for process in servers:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    def descendants() -> list:
+        found = []
+        for process in servers:
+            try:
+                found += psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    signal.signal(signal.SIGINT, stop_servers)
+    signal.signal(signal.SIGTERM, stop_servers)
     try:
-        code = webserver.wait()
-        forward(signal.SIGTERM, None)  # the webserver died on its own: stop the daemon too
+        servers.append(subprocess.Popen(
+            [os.path.join(bin_dir, "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1",
+             "-p", str(settings.dagster_port)], env=env, cwd=PROJECT_ROOT, start_new_session=True))
+        servers.append(subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-w", workspace],
+                                        env=env, cwd=PROJECT_ROOT, start_new_session=True))
+        code = servers[0].wait()
     finally:
-        for process in (webserver, daemon):
+        children = descendants()  # code servers may sit in groups of their own
+        stop_servers()
+        for process in servers:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        psutil.wait_procs(children, timeout=10, callback=None)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
     return 0 if code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else code
 
 
