@@ -7,7 +7,8 @@ Measures, in one scratch database loaded by the statuses generator at `scale` (2
 - refresh of 1 patient and of 1,000 patients (every programme);
 - baseline (a): the upstream's shape — per patient, per-patient queries, statuses computed in Python,
   one UPDATE per row — on a sample, per row; its results are also compared with the SQL's;
-- baseline (b), the floor: a bare `INSERT INTO … SELECT` of as many rows as the full refresh wrote.
+- baseline (b), the floor: a bare `INSERT INTO … SELECT` of as many rows as the full refresh wrote;
+  (b') the same into copies that also carry the real tables' foreign keys (checked per inserted row).
 """
 
 from __future__ import annotations

@@ -24,7 +24,15 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import sqlalchemy as sa
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
 from assets.cohort_stats import facility_stats_job
 from assets.pruning import replica_sync_group_prune_job
@@ -116,6 +124,16 @@ def advance_cursor(cursor: SyncCursor, handled: list[SyncRun]) -> SyncCursor:
     return SyncCursor(watermark, sorted(set(previous[-5000:]) | recent))
 
 
+def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRequest]:
+    """One add request per partitions definition, each key once: several syncs of one replica or
+    unit in a tick would otherwise ask for the same key twice, which Dagster rejects."""
+    keys: dict[str, dict[str, None]] = {}
+    for request in requests:
+        keys.setdefault(request.partitions_def_name, {}).update(dict.fromkeys(request.partition_keys))
+    return [AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=list(found))
+            for name, found in keys.items()]
+
+
 @sensor(
     name="sync_complete",
     minimum_interval_seconds=30,
@@ -144,7 +162,7 @@ def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresRes
         partition_requests.extend(reaction.dynamic_partitions_requests)
     return SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=partition_requests,
+        dynamic_partitions_requests=merge_partition_requests(partition_requests),
         cursor=advance_cursor(cursor, runs).dump(),
     )
 
