@@ -29,7 +29,7 @@ POSTGRES_OS_USER = "pso-postgres"
 
 # Tuned for bulk set-based moves on a 24 GiB machine; the defaults halve archive throughput.
 POSTGRES_TUNING = {
-    "shared_buffers": "1GB",
+    "shared_buffers": "2GB",
     "work_mem": "64MB",
     "maintenance_work_mem": "512MB",
     "max_wal_size": "8GB",
@@ -165,11 +165,15 @@ class EmbeddedPostgres:
         )
         if result.returncode != 0:
             raise ServiceError(f"initdb failed: {result.stderr.strip()}")
-        tuning = "\n".join(f"{key} = '{value}'" for key, value in POSTGRES_TUNING.items())
         with open(self.pgdata / "postgresql.conf", "a") as conf:
-            conf.write(f"\n# public-service-orchestration: tuned for bulk set-based work\n{tuning}\n"
+            conf.write("\n# public-service-orchestration (tuning is passed at each start: services.POSTGRES_TUNING)\n"
                        "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
                        "log_min_messages = warning\n")
+
+    def _server_options(self) -> str:
+        # Passed at every start, so a change to the tuning reaches existing data folders on restart.
+        tuning = " ".join(f"-c {key}={value}" for key, value in POSTGRES_TUNING.items())
+        return f"-p {self.port} {tuning}"
 
     def start(self) -> bool:
         """Start the server (initialising it on first use). Returns False if it was already running."""
@@ -182,7 +186,7 @@ class EmbeddedPostgres:
             raise ServiceError(f"port {self.port} is taken: set PSO_PG_PORT to a free port")
         result = self._run(
             [str(_postgres_bin() / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.pgdata),
-             "-l", str(self.log_file), "-o", f"-p {self.port}"],
+             "-l", str(self.log_file), "-o", self._server_options()],
             capture_output=True,
             text=True,
             start_new_session=True,

@@ -36,7 +36,7 @@ def test_postgres_starts_twice_harmlessly_and_stops_cleanly(data_dir):
         with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres dbname=pso") as conn:
             assert conn.execute("SELECT current_setting('server_version_num')::int").fetchone()[0] >= 180000
             user = conn.execute("SELECT current_setting('shared_buffers')").fetchone()[0]
-            assert user == "1GB"  # the tuned config is in force
+            assert user == "2GB"  # the tuned config is in force
         if os.geteuid() == 0:
             owner = psutil.Process(server_pid(server)).username()
             assert owner != "root"

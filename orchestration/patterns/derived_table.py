@@ -88,12 +88,6 @@ class DerivedTable:
     @property
     def seed_statement(self) -> sa.TextClause:
         cols = ", ".join(self.key_columns)
-        if self.batch_seed_sql is not None:
-            cols_v = f"{cols}, {self.value_column}"
-            return sa.text(
-                f"WITH seeded AS (INSERT INTO {self.name} ({cols_v}) SELECT {cols_v} FROM ({self.batch_seed_sql}) "
-                f"AS expected ON CONFLICT ({cols}) DO NOTHING RETURNING 1) SELECT count(*) FROM seeded"
-            )
         return sa.text(
             f"WITH seeded AS (INSERT INTO {self.name} ({cols}) SELECT {cols} FROM ({self.seed_sql}) AS expected "
             f"ON CONFLICT ({cols}) DO NOTHING RETURNING 1) SELECT count(*) FROM seeded"
