@@ -15,8 +15,7 @@ refresh, checks, explain; each takes a SQLAlchemy Connection) and the thin Dagst
 """
 
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Iterable, Optional
 
@@ -25,7 +24,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
@@ -44,7 +42,7 @@ from dagster import (
 from pydantic import Field
 
 from orchestration import statuses_sql as q
-from orchestration.clock import academic_year, london_date, london_today, now_utc
+from orchestration.clock import academic_year, london_today, now_utc
 from orchestration.partitions import programmes_partitions
 from orchestration.patterns import derived_table as dt
 from resources.postgres import PostgresResource

@@ -13,7 +13,6 @@ Measures, in one scratch database loaded by the statuses generator at `scale` (2
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date
 
 import sqlalchemy as sa

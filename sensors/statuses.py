@@ -11,8 +11,8 @@ takes the same `pg_advisory_xact_lock`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,8 +34,8 @@ from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
 from sensors.sync_complete import SyncReaction, SyncRun
+from sensors.cursors import HighWaterCursor
 
-LOOK_BACK = timedelta(minutes=10)
 MAX_PROGRAMME_ROWS_PER_TICK = 2_000
 MAX_REQUESTS_PER_RUN = 10_000
 TRIGGER_TAG = "pso/trigger"
@@ -63,37 +63,9 @@ def _programme_keys(context: SensorEvaluationContext) -> list[str]:
 # --- programme_added --------------------------------------------------------------------------
 
 
-@dataclass
-class HighWaterCursor:
-    """High-water mark on created_at plus the ids seen inside the look-back window."""
-
-    watermark: datetime | None = None
-    seen_ids: list[int] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "HighWaterCursor":
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        mark = data.get("watermark")
-        return cls(datetime.fromisoformat(mark) if mark else None, list(data.get("seen_ids", [])))
-
-    def dump(self) -> str:
-        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None,
-                           "seen_ids": sorted(self.seen_ids)})
-
-    def advance(self, rows: list[dict]) -> "HighWaterCursor":
-        if not rows:
-            return self
-        watermark = max([r["created_at"] for r in rows] + ([self.watermark] if self.watermark else []))
-        keep_after = watermark - LOOK_BACK
-        recent = {r["id"] for r in rows if r["created_at"] >= keep_after}
-        return HighWaterCursor(watermark, sorted(set(self.seen_ids[-5000:]) | recent))
-
-
 def new_session_programmes(conn: sa.Connection, cursor: HighWaterCursor,
                            limit: int = MAX_PROGRAMME_ROWS_PER_TICK) -> list[dict]:
-    since = cursor.watermark - LOOK_BACK if cursor.watermark else None
+    since = cursor.since
     rows = conn.execute(
         sa.text(
             """
@@ -145,7 +117,7 @@ def programme_added_sensor(context: SensorEvaluationContext, postgres: PostgresR
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[programmes_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=cursor.advance(rows).dump(),
+        cursor=cursor.advance([(r["id"], r["created_at"]) for r in rows]).dump(),
     )
 
 

@@ -18,9 +18,8 @@ rather than a plain "id > last".
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -38,8 +37,8 @@ from assets.cohort_stats import facility_stats_job
 from assets.pruning import replica_sync_group_prune_job
 from assets.statuses import status_refresh_job
 from resources.postgres import PostgresResource
+from sensors.cursors import HighWaterCursor
 
-LOOK_BACK = timedelta(minutes=10)
 MAX_ROWS_PER_TICK = 200  # bounded well under the 60 s sensor limit
 
 
@@ -75,27 +74,10 @@ def sync_handlers() -> dict[str, SyncHandler]:
     return {source: handler for source, handler in handlers.items() if handler is not None}
 
 
-@dataclass
-class SyncCursor:
-    watermark: datetime | None = None
-    seen_ids: list[int] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "SyncCursor":
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        mark = data.get("watermark")
-        return cls(datetime.fromisoformat(mark) if mark else None, list(data.get("seen_ids", [])))
-
-    def dump(self) -> str:
-        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None,
-                           "seen_ids": sorted(self.seen_ids)})
-
-
-def fetch_finished_sync_runs(conn: sa.Connection, cursor: SyncCursor, limit: int = MAX_ROWS_PER_TICK) -> list[SyncRun]:
+def fetch_finished_sync_runs(conn: sa.Connection, cursor: HighWaterCursor,
+                             limit: int = MAX_ROWS_PER_TICK) -> list[SyncRun]:
     """Finished sync runs not yet handled, oldest first."""
-    since = cursor.watermark - LOOK_BACK if cursor.watermark else None
+    since = cursor.since
     rows = conn.execute(
         sa.text(
             """
@@ -111,17 +93,6 @@ def fetch_finished_sync_runs(conn: sa.Connection, cursor: SyncCursor, limit: int
         {"since": since, "seen": cursor.seen_ids, "limit": limit},
     ).mappings()
     return [SyncRun(**row) for row in rows]
-
-
-def advance_cursor(cursor: SyncCursor, handled: list[SyncRun]) -> SyncCursor:
-    if not handled:
-        return cursor
-    watermark = max([r.finished_at for r in handled] + ([cursor.watermark] if cursor.watermark else []))
-    keep_after = watermark - LOOK_BACK
-    previous = [i for i in cursor.seen_ids]
-    # Keep only ids that can still fall inside the look-back window.
-    recent = {r.id for r in handled if r.finished_at >= keep_after}
-    return SyncCursor(watermark, sorted(set(previous[-5000:]) | recent))
 
 
 def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRequest]:
@@ -144,7 +115,7 @@ def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRe
     "stats refresh for a renal feed, sync-group prune for a replica sync.",
 )
 def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
-    cursor = SyncCursor.parse(context.cursor)
+    cursor = HighWaterCursor.parse(context.cursor)
     handlers = sync_handlers()
     with postgres.connect() as conn:
         runs = fetch_finished_sync_runs(conn, cursor)
@@ -163,7 +134,7 @@ def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresRes
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=merge_partition_requests(partition_requests),
-        cursor=advance_cursor(cursor, runs).dump(),
+        cursor=cursor.advance([(r.id, r.finished_at) for r in runs]).dump(),
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -110,7 +109,7 @@ def stop_group(process: subprocess.Popen) -> None:
 @pytest.fixture
 def dagster_ui(settings, s3, database_url, pg_admin_url, tmp_path):
     """`dagster dev` on the seeded test database, with Postgres instance storage; yields the base URL."""
-    from orchestration.instance import apply_pool_limits, write_instance_yaml
+    from orchestration.instance import write_instance_yaml
     from orchestration.synthetic import seed_all
 
     seed_all(database_url, scale="tiny", s3=s3, settings=settings, echo=lambda *_: None)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent

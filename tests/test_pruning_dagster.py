@@ -22,7 +22,8 @@ from orchestration.schema import create_replica_schema
 from resources.postgres import PostgresResource
 from schedules.pruning import replica_maintenance_schedule
 from sensors.pruning import MAX_NEW_REPLICAS_PER_TICK, on_sync_complete, prune_run_key, replica_registry_sensor
-from sensors.sync_complete import SyncCursor, SyncRun, sync_complete_sensor
+from sensors.cursors import HighWaterCursor
+from sensors.sync_complete import SyncRun, sync_complete_sensor
 
 IN, OUT = uuid.UUID(int=1), uuid.UUID(int=3)
 
@@ -192,7 +193,7 @@ def _check_sync_complete(engine, postgres, instance):
     assert [(r.run_key, r.partition_key) for r in requests] == [
         (f"replica_sync_group_prune:{ok_north}", "north"), (f"replica_sync_group_prune:{ok_south}", "south")]
     assert sorted(k for r in result.dynamic_partitions_requests for k in r.partition_keys) == ["north", "south"]
-    cursor = SyncCursor.parse(result.cursor)
+    cursor = HighWaterCursor.parse(result.cursor)
     assert ok_north in cursor.seen_ids and ok_south in cursor.seen_ids and len(cursor.seen_ids) == 3
     # Next tick: nothing new until the running sync finishes successfully.
     again = sync_complete_sensor.evaluate_tick(context(result.cursor))

@@ -3,8 +3,7 @@ schedule, checks and the explain command — against a real Postgres."""
 
 from __future__ import annotations
 
-import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +24,6 @@ from assets.statuses import (
     bad_status_inputs,
     explain_statuses,
     format_explanation,
-    programme_ids_by_type,
     refresh_statuses,
     status_coverage,
     status_drift,

@@ -21,7 +21,7 @@ from orchestration.schema import (
     TriageStatus as T,
     VaccinationStatus as V,
 )
-from test_statuses_helpers import TODAY, YEAR_10, World, at, refresh_everything
+from test_statuses_helpers import TODAY, World, refresh_everything
 
 
 @dataclass

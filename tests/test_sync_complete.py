@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from dagster import AddDynamicPartitionsRequest
 
-from sensors.sync_complete import SyncCursor, advance_cursor, fetch_finished_sync_runs, merge_partition_requests
+from sensors.cursors import HighWaterCursor
+from sensors.sync_complete import fetch_finished_sync_runs, merge_partition_requests
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 
@@ -24,9 +25,9 @@ def test_a_sync_that_finishes_after_a_later_one_is_still_handled_once(engine):
         slow = _sync(conn, "replica", T0, replica_id="north")  # started first, still running
         fast = _sync(conn, "replica", T0 + timedelta(minutes=1), T0 + timedelta(minutes=2), replica_id="north")
     with engine.connect() as conn:
-        first = fetch_finished_sync_runs(conn, SyncCursor())
+        first = fetch_finished_sync_runs(conn, HighWaterCursor())
     assert [r.id for r in first] == [fast]
-    cursor = advance_cursor(SyncCursor(), first)
+    cursor = HighWaterCursor().advance([(r.id, r.finished_at) for r in first])
 
     with engine.begin() as conn:  # the slow one finishes a moment later, with an earlier id
         conn.execute(sa.text("UPDATE sync_runs SET finished_at = :f WHERE id = :i"),
@@ -34,10 +35,10 @@ def test_a_sync_that_finishes_after_a_later_one_is_still_handled_once(engine):
     with engine.connect() as conn:
         second = fetch_finished_sync_runs(conn, cursor)
     assert [r.id for r in second] == [slow]
-    cursor = advance_cursor(cursor, second)
+    cursor = cursor.advance([(r.id, r.finished_at) for r in second])
     with engine.connect() as conn:
         assert fetch_finished_sync_runs(conn, cursor) == []  # nothing is handled twice
-    assert SyncCursor.parse(cursor.dump()) == cursor
+    assert HighWaterCursor.parse(cursor.dump()) == cursor
 
 
 def test_partition_requests_are_merged_and_deduplicated():
