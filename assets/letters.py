@@ -372,7 +372,8 @@ def gather_pdfs(s3, bucket: str, letters: list[Letter], workdir: Path, workers: 
         s3, bucket, letters, workers, folder_listing_min)
     result.lookup_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="letters-fetch") as pool:
+    # GETs go through the urllib3 pool (32 connections), not botocore's 10: they can run 3× wider.
+    with cf.ThreadPoolExecutor(max_workers=workers * 3, thread_name_prefix="letters-fetch") as pool:
         jobs = []
         for letter in letters:
             hit = located.get(letter.id)
