@@ -32,7 +32,8 @@ def instance_config(max_concurrent_runs: int = 4) -> dict:
                 # A wide backfill must not starve the nightly jobs.
                 "tag_concurrency_limits": [{"key": "dagster/backfill", "limit": max(1, max_concurrent_runs // 2)}],
             },
-            "pools": {"default_limit": 1, "granularity": "op"},
+            # A run waiting for a pool slot stays queued instead of holding one of the run slots.
+            "pools": {"default_limit": 1, "granularity": "run"},
         },
         "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 30, "max_runtime_seconds": 6 * 3600},
         "run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},

@@ -218,7 +218,7 @@ def test_lineage_partitions_and_backfill_in_the_ui(dagster_ui, page):
     dialog.get_by_role("button", name=re.compile(r"Launch.*backfill", re.I)).click()
 
     # 4. The backfill completes (the daemon launches its runs); its page shows the outcome.
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 280  # the seeded sensors queue runs of their own too
     backfills = []
     while time.monotonic() < deadline:
         backfills = backfill_statuses(dagster_ui)
