@@ -108,18 +108,21 @@ ORDER_PASS_BATCH = sa.text(f"""
            0 AS order_rows
 """)
 
-# Rule 2, after applying rule 1 to the batch's orders (order independence, see the module docstring).
-# Two statements of one transaction: the second must see the first one's rows.
-EVENT_PASS_ORDER_ROWS = sa.text(f"""
-    WITH batch AS (
-        SELECT e.test_order_id
+# The event pass's next batch: the same keyset for its order rows and its event rows.
+_EVENT_BATCH = """
+        SELECT e.internal_id, e.test_order_id, e.result, e.created_at, e.created_by, e.updated_at, e.updated_by
         FROM test_event AS e
         WHERE e.created_at >= :start AND e.created_at < :end
           AND e.internal_id > :after
           AND e.result IS NOT NULL
         ORDER BY e.internal_id
         LIMIT :batch_size
-    ), orders AS (
+"""
+
+# Rule 2, after applying rule 1 to the batch's orders (order independence, see the module docstring).
+# Two statements of one transaction: the second must see the first one's rows.
+EVENT_PASS_ORDER_ROWS = sa.text(f"""
+    WITH batch AS ({_EVENT_BATCH}), orders AS (
         -- Orders inside this run's window had their order pass already.
         SELECT o.* FROM test_order AS o
         WHERE o.internal_id IN (SELECT test_order_id FROM batch)
@@ -129,15 +132,7 @@ EVENT_PASS_ORDER_ROWS = sa.text(f"""
 """)
 
 EVENT_PASS_BATCH = sa.text(f"""
-    WITH batch AS (
-        SELECT e.internal_id, e.test_order_id, e.result, e.created_at, e.created_by, e.updated_at, e.updated_by
-        FROM test_event AS e
-        WHERE e.created_at >= :start AND e.created_at < :end
-          AND e.internal_id > :after
-          AND e.result IS NOT NULL
-        ORDER BY e.internal_id
-        LIMIT :batch_size
-    ), inserted AS (
+    WITH batch AS ({_EVENT_BATCH}), inserted AS (
         INSERT INTO result ({_INSERT_COLUMNS})
         SELECT src.created_at, src.created_by, src.updated_at, src.updated_by, false,
                src.internal_id, src.test_order_id, :disease_id, {_SNOMED_SQL}, src.result

@@ -59,6 +59,11 @@ def academic_year(day: date) -> int:
     return day.year if day.month >= ACADEMIC_YEAR_START_MONTH else day.year - 1
 
 
+def academic_year_start(day: date) -> date:
+    """1 September of the academic year that `day` falls in."""
+    return date(academic_year(day), ACADEMIC_YEAR_START_MONTH, 1)
+
+
 def year_group(birth_academic_year: int, today: date) -> int:
     return academic_year(today) - birth_academic_year - 5
 

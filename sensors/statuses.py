@@ -29,7 +29,7 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.statuses import DATE_DEPENDENT_KEYS, STATUS_ASSET_KEYS, status_refresh_job
-from orchestration.clock import london_today, now_utc
+from orchestration.clock import academic_year_start, london_today, now_utc
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
@@ -133,8 +133,7 @@ def sessions_between(conn: sa.Connection, first: date, last: date) -> list[int]:
 
 def crosses_academic_year(previous: date, today: date) -> bool:
     """True when a 1 September lies in (previous, today]: every year group, so every eligibility, changes."""
-    year = today.year if (today.month, today.day) >= (9, 1) else today.year - 1
-    return previous < date(year, 9, 1) <= today
+    return previous < academic_year_start(today) <= today
 
 
 @sensor(

@@ -89,3 +89,13 @@ def test_now_can_be_injected(monkeypatch):
     monkeypatch.setenv("PSO_NOW", "2025-09-01T06:00:00")
     with pytest.raises(ValueError, match="PSO_NOW"):
         now_utc()
+
+
+@pytest.mark.parametrize(
+    ("day", "start"),
+    [(date(2025, 8, 31), date(2024, 9, 1)), (date(2025, 9, 1), date(2025, 9, 1)), (date(2026, 2, 1), date(2025, 9, 1))],
+)
+def test_academic_year_start(day, start):
+    from orchestration.clock import academic_year_start
+
+    assert academic_year_start(day) == start
