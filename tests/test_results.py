@@ -176,6 +176,40 @@ def test_the_check_names_what_is_missing(engine, rule_cases):
         assert backfill_results(conn, *APRIL).inserted == 0
 
 
+def test_months_bigger_than_a_batch_are_covered_in_several_batches(engine):
+    # Ties on created_at straddle batch boundaries, where the keyset's second key (internal_id) decides.
+    with engine.begin() as conn:
+        for month in (3, 4):
+            start = datetime(2024, month, 1, tzinfo=UTC)
+            for i in range(23):
+                # 9 on the window's start, 9 at one mid-month instant, 5 at distinct instants
+                created = start + (timedelta(0) if i < 9 else timedelta(days=10) if i < 18
+                                   else timedelta(days=11, minutes=i))
+                name = f"m{month}-o{i}"
+                _order(conn, name, created, "POSITIVE" if i % 5 else None)
+                _event(conn, f"{name}-e0", name, created, "POSITIVE" if i % 5 else None, current=i % 3 != 0)
+                if i % 3 == 0:  # corrected: the superseded ORIGINAL gets its own row in the event pass
+                    _event(conn, f"{name}-e1", name, created, "NEGATIVE" if i % 5 else None, "CORRECTED",
+                           f"{name}-e0")
+    window = (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=UTC))
+    with engine.connect() as conn:
+        counts = backfill_results(conn, *window, batch_size=4)
+        # 18 orders with a result per month (i % 5 != 0); events: 18 with a result + 6 corrections with one.
+        assert counts.order_pass == {"2024-03": 18, "2024-04": 18}
+        assert counts.event_pass == {"2024-03": 6, "2024-04": 6}  # the superseded ORIGINALs with a result
+        assert counts.batches == 2 * (5 + 7)  # a month: 5 order batches (18 rows), 7 event batches (24 rows)
+        assert find_missing_results(conn).total == 0
+        rows = _results_by_id(conn)
+        again = backfill_results(conn, *window, batch_size=4)
+        assert again.inserted == 0 and again.scanned == counts.scanned
+        assert _results_by_id(conn) == rows
+        # The same rows, with the same ids, from one batch a month.
+        conn.execute(sa.text("DELETE FROM result"))
+        conn.commit()
+        assert backfill_results(conn, *window).inserted == counts.inserted
+        assert _results_by_id(conn) == rows
+
+
 # --------------------------------------------------------------------------- generated data
 
 
