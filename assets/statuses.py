@@ -171,23 +171,23 @@ def status_drift(conn: sa.Connection, today: date, sample_size: int = DRIFT_SAMP
                  table_names: Iterable[str] | None = None) -> dict[str, list[dict]]:
     """Per table: rows of a random patient sample whose cached status differs from a recomputation."""
     sample = sorted(drift_sample_ids(conn, sample_size))
-    found: dict[str, list[dict]] = {}
+    tables = tables_named(table_names)
+    found: dict[str, list[dict]] = {t.name: [] for t in tables}
     for programme_id in programme_ids_by_type(conn).values():
-        params = base_params(programme_id, today)
-        for table in tables_named(table_names):
-            found.setdefault(table.name, []).extend(dt.drift(conn, table, sample, params))
+        for name, rows in dt.drift(conn, tables, sample, base_params(programme_id, today)).items():
+            found[name].extend(rows)
     return found
 
 
 def status_coverage(conn: sa.Connection, today: date, table_names: Iterable[str] | None = None,
                     limit: int = 100) -> dict[str, list[dict]]:
     """Per table: expected rows (§1.6) that do not exist, up to `limit` each."""
-    found: dict[str, list[dict]] = {}
+    tables = tables_named(table_names)
+    found: dict[str, list[dict]] = {t.name: [] for t in tables}
     for programme_id in programme_ids_by_type(conn).values():
-        params = base_params(programme_id, today)
-        for table in tables_named(table_names):
-            batches = dt.keyset_batches(q.ALL_PATIENTS_SQL, {})
-            found.setdefault(table.name, []).extend(dt.coverage(conn, table, batches, params, limit))
+        batches = dt.keyset_batches(q.ALL_PATIENTS_SQL, {})
+        for name, rows in dt.coverage(conn, tables, batches, base_params(programme_id, today), limit).items():
+            found[name].extend(rows)
     return {name: rows[:limit] for name, rows in found.items()}
 
 
@@ -241,11 +241,12 @@ def explain_statuses(conn: sa.Connection, patient_id: int, programme_type: str, 
     ids = programme_ids_by_type(conn)
     if programme_type not in ids:
         raise ValueError(f"unknown programme {programme_type!r}; known: {sorted(ids)}")
-    params = {**base_params(ids[programme_type], today), "batch_ids": [patient_id]}
-    statuses = {table.name: dt.explain(conn, table, patient_id, base_params(ids[programme_type], today))
-                for table in q.STATUS_TABLES}
-    inputs = {label: [dict(r) for r in conn.execute(sa.text(sql), params).mappings().all()]
-              for label, sql in q.EXPLAIN_INPUTS.items()}
+    params = base_params(ids[programme_type], today)
+    statuses = dt.explain(conn, q.STATUS_TABLES, patient_id, params)
+    with dt.read_transaction(conn):
+        dt.fill_batch_ids(conn, [patient_id])
+        inputs = {label: [dict(r) for r in conn.execute(sa.text(sql), params).mappings().all()]
+                  for label, sql in q.EXPLAIN_INPUTS.items()}
     return {"patient_id": patient_id, "programme": programme_type, "today": today.isoformat(),
             "statuses": statuses, "inputs": inputs}
 

@@ -1,8 +1,8 @@
 """Set-based SQL of the five Mavis status tables (domain.md §1.4–1.6), as derived-table declarations.
 
-Every query sees these bound parameters (never CURRENT_DATE; `today` is the London date of the run):
+Every query reads the batch table and sees these bound parameters (never CURRENT_DATE; `today` is the London date of the run):
 
-    :batch_ids      bigint[]  the patients of one batch (≤ 10,000)
+    batch_ids       (table)   the patients of one batch (≤ 10,000), a temp table the mechanism fills
     :programme_id   bigint    the programme partition being refreshed
     :today          date      Europe/London date of the run (session rule 5, registration)
     :academic_year  int       academic_year(today) (year groups → eligibility)
@@ -20,7 +20,8 @@ PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td
 
 _YEAR_GROUPS_VALUES = ", ".join(f"('{t}', {lo}, {hi})" for t, (lo, hi) in PROGRAMME_YEAR_GROUPS.items())
 
-BATCH = "CAST(:batch_ids AS bigint[])"
+# Membership of the batch: a semi-join with the batch's temp table (see derived_table.BATCH_TABLE).
+IN_BATCH = "IN (SELECT id FROM batch_ids)"
 SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
 
@@ -39,7 +40,7 @@ eligible AS MATERIALIZED (
     FROM patients AS pt
     CROSS JOIN programmes AS pr
     JOIN year_groups AS yg ON yg.type = pr.type
-    WHERE pt.id = ANY({BATCH})
+    WHERE pt.id {IN_BATCH}
       AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
@@ -49,7 +50,7 @@ patient_session_programmes AS MATERIALIZED (
     SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
     FROM patient_sessions AS ps
     JOIN session_programmes AS sp ON sp.session_id = ps.session_id
-    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
+    WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
       AND EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
 )"""
 
@@ -63,7 +64,7 @@ named_consents AS (
     FROM consents AS c
     JOIN patients AS pt ON pt.id = c.patient_id
     LEFT JOIN parents AS pa ON pa.id = c.parent_id
-    WHERE c.patient_id = ANY({BATCH}) AND c.programme_id = CAST(:programme_id AS bigint)
+    WHERE c.patient_id {IN_BATCH} AND c.programme_id = CAST(:programme_id AS bigint)
       AND c.invalidated_at IS NULL AND c.response <> 2
 ),
 latest_consents AS (
@@ -105,7 +106,7 @@ consent_status AS MATERIALIZED (
 latest_triage AS MATERIALIZED (
     SELECT DISTINCT ON (patient_id) patient_id, status
     FROM triages
-    WHERE patient_id = ANY({BATCH}) AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
+    WHERE patient_id {IN_BATCH} AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
     ORDER BY patient_id, created_at DESC, id DESC
 ),
 kept_records AS (
@@ -113,7 +114,7 @@ kept_records AS (
            {_age('pt.date_of_birth', "(vr.performed_at AT TIME ZONE 'Europe/London')::date")} AS age
     FROM vaccination_records AS vr
     JOIN patients AS pt ON pt.id = vr.patient_id
-    WHERE vr.patient_id = ANY({BATCH}) AND vr.programme_id = CAST(:programme_id AS bigint)
+    WHERE vr.patient_id {IN_BATCH} AND vr.programme_id = CAST(:programme_id AS bigint)
       AND vr.discarded_at IS NULL
 ),
 vaccinated AS MATERIALIZED (
@@ -145,7 +146,7 @@ patient_facts AS MATERIALIZED (
     LEFT JOIN vaccinated AS v ON v.patient_id = pt.id
     LEFT JOIN consent_status AS cs ON cs.patient_id = pt.id
     LEFT JOIN latest_triage AS lt ON lt.patient_id = pt.id
-    WHERE pt.id = ANY(CAST(:batch_ids AS bigint[]))
+    WHERE pt.id IN (SELECT id FROM batch_ids)
 )"""
 
 CONSENT_STATUS_EXPR = "f.consent_status"
@@ -167,38 +168,6 @@ VACCINATION_STATUS_EXPR = """CASE
     ELSE 0
 END"""
 
-
-# Facts several tables read, materialised once per batch by the refresh (temp tables of these names);
-# the self-contained queries (checks, explain) define the same names as CTEs.
-ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible")
-PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts")
-
-
-def _patient_level(name: str, status_expr: str, description: str) -> DerivedTable:
-    seed = f"""
-        WITH {ELIGIBLE_CTE}
-        SELECT patient_id, programme_id FROM eligible WHERE programme_id = CAST(:programme_id AS bigint)"""
-    rows = f"""
-        SELECT s.patient_id, s.programme_id, ({status_expr})::smallint AS status
-        FROM {name} AS s
-        JOIN patient_facts AS f ON f.patient_id = s.patient_id
-        WHERE s.patient_id = ANY({BATCH}) AND s.programme_id = CAST(:programme_id AS bigint)"""
-    batch_seed = f"""
-        SELECT e.patient_id, e.programme_id, ({status_expr})::smallint AS status
-        FROM eligible AS e
-        JOIN patient_facts AS f ON f.patient_id = e.patient_id
-        WHERE e.programme_id = CAST(:programme_id AS bigint)"""
-    return DerivedTable(name=name, key_columns=("patient_id", "programme_id"), seed_sql=seed,
-                        compute_sql=f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} {rows}",
-                        description=description, batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS),
-                        batch_seed_sql=batch_seed, batch_compute_sql=rows)
-
-
-consent_statuses = _patient_level("patient_consent_statuses", CONSENT_STATUS_EXPR, "§1.5 consent")
-triage_statuses = _patient_level("patient_triage_statuses", TRIAGE_STATUS_EXPR, "§1.5 triage (mid-2025 rules)")
-vaccination_statuses = _patient_level("patient_vaccination_statuses", VACCINATION_STATUS_EXPR,
-                                      "§1.5 vaccination (programme)")
-
 # Session status: per patient_session × programme. PR #3304 fix: rule 4 needs ALL of L refused.
 SESSION_STATUS_EXPR = """CASE
     WHEN lr.outcome = 0 THEN 1
@@ -211,14 +180,21 @@ SESSION_STATUS_EXPR = """CASE
     ELSE 0
 END"""
 
+# Registration, per patient_session. Fix to rule 1: an empty programme list is never `completed`.
+REGISTRATION_STATUS_EXPR = """CASE
+    WHEN coalesce(d.n_programmes, 0) > 0 AND d.n_recorded = d.n_programmes THEN 3
+    WHEN att.attending THEN 1
+    WHEN NOT att.attending THEN 2
+    ELSE 0
+END"""
+
 TODAYS_ATTENDANCE_CTE = f"""
 todays_attendance AS MATERIALIZED (
     SELECT a.patient_session_id, a.attending
     FROM session_attendances AS a
     JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
     JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-    -- `+ 0`: a hashed filter, not an index condition re-sorting the 10,000-id array on every loop
-    WHERE ps.patient_id + 0 = ANY({BATCH}) AND {SESSION_FILTER}
+    WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
 )"""
 
 # The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
@@ -230,7 +206,8 @@ latest_session_record AS (
     ORDER BY r.patient_id, r.session_id, r.performed_at DESC, r.id DESC
 )"""
 
-# Per patient_session of the batch: how many of its programmes it has, and how many have a record there.
+# Per patient_session of the batch: how many of its programmes it has, and how many have a record there
+# (reads the batch fact patient_session_programmes).
 PROGRAMME_DONE_CTE = """
 programme_done AS (
     SELECT psp.patient_session_id,
@@ -243,6 +220,10 @@ programme_done AS (
     GROUP BY psp.patient_session_id
 )"""
 
+
+# Facts several tables read, materialised once per batch (temp tables of these names), in this order.
+ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible")
+PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts")
 LATEST_SESSION_RECORD_FACTS = BatchFacts(
     "latest_session_record",
     f"WITH {PATIENT_INPUTS_CTES}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record")
@@ -252,89 +233,74 @@ PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
     "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes")
 PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} SELECT * FROM programme_done")
 
-SESSION_ROWS_IN_SCOPE_CTE = f"""
-rows_in_scope AS (
-    SELECT s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id
-    FROM patient_session_session_statuses AS s
-    JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
-      AND s.programme_id = CAST(:programme_id AS bigint)
-)"""
+PROGRAMME = "CAST(:programme_id AS bigint)"
 
 
-def _session_rows(rows: str) -> str:
-    """Session status of `rows` (patient_session_id, programme_id, patient_id, session_id)."""
-    return f"""
-        SELECT s.patient_session_id, s.programme_id, ({SESSION_STATUS_EXPR})::smallint AS status
-        FROM {rows} AS s
-        JOIN patient_facts AS f ON f.patient_id = s.patient_id
-        LEFT JOIN latest_session_record AS lr ON lr.patient_id = s.patient_id AND lr.session_id = s.session_id
-        LEFT JOIN todays_attendance AS att ON att.patient_session_id = s.patient_session_id"""
+def _patient_level(name: str, status_expr: str, description: str) -> DerivedTable:
+    """Consent, triage and vaccination: one row per patient × eligible programme (§1.6)."""
+    return DerivedTable(
+        name=name,
+        key_columns=("patient_id", "programme_id"),
+        description=description,
+        batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS),
+        expected_sql=f"SELECT patient_id, programme_id FROM eligible WHERE programme_id = {PROGRAMME}",
+        existing_sql=f"""
+            SELECT s.id AS row_id, s.patient_id, s.programme_id, s.status AS cached FROM {name} AS s
+            WHERE s.patient_id {IN_BATCH} AND s.programme_id = {PROGRAMME}""",
+        value_joins="JOIN patient_facts AS f ON f.patient_id = k.patient_id",
+        value_expr=status_expr,
+    )
 
 
+consent_statuses = _patient_level("patient_consent_statuses", CONSENT_STATUS_EXPR, "§1.5 consent")
+triage_statuses = _patient_level("patient_triage_statuses", TRIAGE_STATUS_EXPR, "§1.5 triage (mid-2025 rules)")
+vaccination_statuses = _patient_level("patient_vaccination_statuses", VACCINATION_STATUS_EXPR,
+                                      "§1.5 vaccination (programme)")
+
+# One row per programme of each patient_session (§1.6, the July 2025 fix).
 session_statuses = DerivedTable(
     name="patient_session_session_statuses",
     key_columns=("patient_session_id", "programme_id"),
+    context_columns=("patient_id", "session_id"),
     description="§1.5 session status, per patient_session × programme",
-    seed_sql=f"""
-        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}
-        SELECT patient_session_id, programme_id FROM patient_session_programmes
-        WHERE programme_id = CAST(:programme_id AS bigint)""",
-    compute_sql=f"""
-        WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE}, {TODAYS_ATTENDANCE_CTE}, {SESSION_ROWS_IN_SCOPE_CTE},
-        {LATEST_SESSION_RECORD_CTE} {_session_rows("rows_in_scope")}""",
     batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS, TODAYS_ATTENDANCE_FACTS,
                  PATIENT_SESSION_PROGRAMMES_FACTS),
-    batch_seed_sql=_session_rows("""(
+    expected_sql=f"""
         SELECT patient_session_id, programme_id, patient_id, session_id FROM patient_session_programmes
-        WHERE programme_id = CAST(:programme_id AS bigint))"""),
-    batch_compute_sql=f"WITH {SESSION_ROWS_IN_SCOPE_CTE} {_session_rows('rows_in_scope')}",
+        WHERE programme_id = {PROGRAMME}""",
+    existing_sql=f"""
+        SELECT s.id AS row_id, s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id, s.status AS cached
+        FROM patient_session_session_statuses AS s
+        JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
+        WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER} AND s.programme_id = {PROGRAMME}""",
+    value_joins="""
+        JOIN patient_facts AS f ON f.patient_id = k.patient_id
+        LEFT JOIN latest_session_record AS lr ON lr.patient_id = k.patient_id AND lr.session_id = k.session_id
+        LEFT JOIN todays_attendance AS att ON att.patient_session_id = k.patient_session_id""",
+    value_expr=SESSION_STATUS_EXPR,
 )
 
-# Registration: per patient_session. Rows belong to the partition of each programme their session
-# has; every such partition computes the same value (rule 1 looks at ALL the session's programmes).
-# Fix to rule 1: an empty programme list is never `completed`.
-REGISTRATION_ROWS_IN_SCOPE_CTE = f"""
-rows_in_scope AS (
-    SELECT s.patient_session_id, ps.patient_id, ps.session_id
-    FROM patient_session_registration_statuses AS s
-    JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-    WHERE ps.patient_id = ANY({BATCH}) AND {SESSION_FILTER}
-      AND EXISTS (SELECT 1 FROM session_programmes AS sp
-                  WHERE sp.session_id = ps.session_id AND sp.programme_id = CAST(:programme_id AS bigint))
-)"""
-
-
-def _registration_rows(rows: str) -> str:
-    """Registration status of `rows` (patient_session_id)."""
-    return f"""
-        SELECT s.patient_session_id, (CASE
-            WHEN coalesce(d.n_programmes, 0) > 0 AND d.n_recorded = d.n_programmes THEN 3
-            WHEN att.attending THEN 1
-            WHEN NOT att.attending THEN 2
-            ELSE 0
-        END)::smallint AS status
-        FROM {rows} AS s
-        LEFT JOIN programme_done AS d ON d.patient_session_id = s.patient_session_id
-        LEFT JOIN todays_attendance AS att ON att.patient_session_id = s.patient_session_id"""
-
-
+# One row per patient_session with at least one programme. A row belongs to the partition of each
+# programme its session has; every such partition computes the same value (rule 1 looks at ALL the
+# patient_session's programmes).
 registration_statuses = DerivedTable(
     name="patient_session_registration_statuses",
     key_columns=("patient_session_id",),
     description="§1.5 registration status, per patient_session",
-    seed_sql=f"""
-        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}
-        SELECT DISTINCT patient_session_id FROM patient_session_programmes
-        WHERE programme_id = CAST(:programme_id AS bigint)""",
-    compute_sql=f"""
-        WITH {ELIGIBLE_CTE}, {PATIENT_SESSION_PROGRAMMES_CTE}, {TODAYS_ATTENDANCE_CTE},
-        {REGISTRATION_ROWS_IN_SCOPE_CTE}, {PROGRAMME_DONE_CTE} {_registration_rows("rows_in_scope")}""",
     batch_facts=(ELIGIBLE_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS, TODAYS_ATTENDANCE_FACTS, PROGRAMME_DONE_FACTS),
-    batch_seed_sql=_registration_rows("""(
-        SELECT DISTINCT patient_session_id FROM patient_session_programmes
-        WHERE programme_id = CAST(:programme_id AS bigint))"""),
-    batch_compute_sql=f"WITH {REGISTRATION_ROWS_IN_SCOPE_CTE} {_registration_rows('rows_in_scope')}",
+    expected_sql=f"""
+        SELECT DISTINCT patient_session_id FROM patient_session_programmes WHERE programme_id = {PROGRAMME}""",
+    existing_sql=f"""
+        SELECT s.id AS row_id, s.patient_session_id, s.status AS cached
+        FROM patient_session_registration_statuses AS s
+        JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
+        WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
+          AND EXISTS (SELECT 1 FROM session_programmes AS sp
+                      WHERE sp.session_id = ps.session_id AND sp.programme_id = {PROGRAMME})""",
+    value_joins="""
+        LEFT JOIN programme_done AS d ON d.patient_session_id = k.patient_session_id
+        LEFT JOIN todays_attendance AS att ON att.patient_session_id = k.patient_session_id""",
+    value_expr=REGISTRATION_STATUS_EXPR,
 )
 
 STATUS_TABLES = (consent_statuses, triage_statuses, vaccination_statuses, session_statuses, registration_statuses)
@@ -377,7 +343,7 @@ PROGRAMME_PATIENTS_SQL = f"""
     ) AS candidates
     ORDER BY id LIMIT :limit"""
 SESSION_PATIENTS_SQL = """
-    SELECT DISTINCT patient_id FROM patient_sessions
+    SELECT DISTINCT patient_id AS id FROM patient_sessions
     WHERE session_id = ANY(CAST(:session_ids AS bigint[]))
       AND (CAST(:after AS bigint) IS NULL OR patient_id > CAST(:after AS bigint))
     ORDER BY patient_id LIMIT :limit"""
@@ -395,7 +361,7 @@ EXPLAIN_INPUTS = {
     "latest triage": f"""
         WITH {PATIENT_INPUTS_CTES}
         SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
-        WHERE t.patient_id = ANY({BATCH}) AND t.programme_id = CAST(:programme_id AS bigint)
+        WHERE t.patient_id {IN_BATCH} AND t.programme_id = CAST(:programme_id AS bigint)
           AND t.invalidated_at IS NULL
         ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
     "kept vaccination records": f"""
@@ -412,11 +378,11 @@ EXPLAIN_INPUTS = {
                        AND sp.programme_id = CAST(:programme_id AS bigint)) AS session_has_programme,
                EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = CAST(:programme_id AS bigint))
                    AS eligible_for_programme
-        FROM patient_sessions AS ps WHERE ps.patient_id = ANY({BATCH}) ORDER BY ps.id""",
+        FROM patient_sessions AS ps WHERE ps.patient_id {IN_BATCH} ORDER BY ps.id""",
     "today's attendance": f"""
         SELECT a.patient_session_id, sd.value AS session_date, a.attending
         FROM session_attendances AS a
         JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
         JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-        WHERE ps.patient_id = ANY({BATCH}) ORDER BY a.patient_session_id""",
+        WHERE ps.patient_id {IN_BATCH} ORDER BY a.patient_session_id""",
 }

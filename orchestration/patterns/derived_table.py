@@ -1,38 +1,47 @@
 """The *derived table* pattern: a table kept equal to a set-based computation over source tables.
 
-A declaration is SQL plus a little configuration:
+A declaration is SQL plus a little configuration (see orchestration/statuses_sql.py for five):
 
     DerivedTable(
         name="patient_consent_statuses",
         key_columns=("patient_id", "programme_id"),
-        seed_sql="SELECT … AS patient_id, … AS programme_id FROM … WHERE <scope>",   # rows that must exist
-        compute_sql="SELECT s.patient_id, s.programme_id, <expr> AS status FROM patient_consent_statuses s …",
+        batch_facts=(ELIGIBLE, PATIENT_FACTS),        # per-batch temp tables the SQL below reads
+        expected_sql="SELECT patient_id, programme_id FROM eligible WHERE …",   # rows that must exist
+        existing_sql="SELECT s.id AS row_id, s.patient_id, s.programme_id, s.status AS cached "
+                     "FROM patient_consent_statuses AS s WHERE s.patient_id IN (SELECT id FROM batch_ids) …",
+        value_joins="JOIN patient_facts AS f ON f.patient_id = k.patient_id",
+        value_expr="f.consent_status",
     )
 
-Both queries see the same bound parameters: `:batch_ids` (bigint[], the ids of one batch, e.g. 10,000
-patients) plus whatever the family passes (`:today`, `:programme_id`, …). `compute_sql` returns
-(key…, value) for every row of the batch that exists *after* seeding, so rows that are no longer
-expected are still recomputed (they go only by cascade).
+**The batch.** Work goes in batches of ids (e.g. 10,000 patients). The mechanism puts a batch's ids
+in the temp table `batch_ids (id bigint)` at the start of the batch's transaction, and every query
+reads the batch from it. Why a table and not a bound `bigint[]`: the planner estimates
+`= ANY(<10,000-element array>)` element by element in every statement that mentions it (tens of ms of
+planning each), and the array crossed the wire with every statement; a temp table with statistics is
+planned like any join, and a full refresh fills it server-side, so no id travels through Python.
 
-The mechanism, per batch and in ONE transaction (so a scope is never half-written):
-1. takes `pg_advisory_xact_lock(lock_key)` (two refreshes never interleave, PgBouncer-safe);
-2. seeds: `INSERT INTO t (keys) SELECT keys FROM (seed) ON CONFLICT DO NOTHING`;
-3. recomputes and writes only the changed rows: `UPDATE t SET value = c.value FROM (compute) c
-   WHERE keys match AND t.value IS DISTINCT FROM c.value`;
-   (with `batch_seed_sql`, steps 2–3 are one statement that inserts new rows with their value;)
-4. commits. A re-run of the same scope therefore writes 0 rows.
+**Batch facts** are named queries over the batch that several tables read (per-patient consent facts,
+today's attendance…). Each is materialised ONCE per batch as `CREATE TEMP TABLE <name> ON COMMIT DROP
+AS …` and ANALYZEd; they may read facts declared before them.
 
-Shared per-batch facts (optional): a table may declare `batch_facts`, named queries over the batch
-that several tables read (e.g. per-patient consent facts). `refresh` materialises each one ONCE per
-batch as `CREATE TEMP TABLE <name> ON COMMIT DROP AS <sql>` (PgBouncer-safe) and ANALYZEs it; the
-table's `batch_seed_sql` / `batch_compute_sql` then read it by name. `batch_seed_sql` returns the
-expected rows WITH their value, so a new row is written once (inserted with its value), not
-inserted with the default and then updated. `seed_sql` / `compute_sql` stay self-contained (they
-define the same facts as CTEs) for the checks and `explain`, which run outside a refresh.
+**Rows of a batch.** `expected_sql` gives the keys that must exist (plus `context_columns` the value
+needs, e.g. a patient_session's patient and session); `existing_sql` gives the rows the table holds in
+the scope, as `row_id`, keys, context and `cached` value. Their FULL JOIN on the key is every row in
+scope — expected or merely existing, since rows no longer expected are still recomputed (they go only by
+cascade) — and `value_expr`, over that relation `k` and `value_joins`, computes each row's value.
+One statement per table and batch then
+1. inserts the expected rows that do not exist, with their value (`ON CONFLICT DO NOTHING`);
+2. updates, by primary key, only the rows whose value changed (`IS DISTINCT FROM`),
+so each row is read once and written at most once, and a re-run of the same scope writes 0 rows.
 
-Checks: `drift` recomputes a random sample of batch ids and names mismatched keys; `coverage`
-names expected keys that are missing. `explain` returns the cached and the recomputed value of one
-batch id's rows, for a CLI that prints why a value is what it is.
+**One transaction per batch**, all tables together, so a scope is never half-written; each batch
+first takes `pg_advisory_xact_lock(lock_key)` (two refreshes never interleave). Temp tables
+`ON COMMIT DROP` and transaction-scoped locks keep it safe behind PgBouncer's transaction pooling.
+
+**Checks and explain** read the same rows relation (so a rule is written once): `drift` recomputes a
+sample of ids and names the rows whose cached value differs; `coverage` names expected keys without a
+row; `explain` gives the cached and recomputed value of one id's rows. They run in a transaction that
+is rolled back (it only created temp tables).
 """
 
 from __future__ import annotations
@@ -44,13 +53,12 @@ from typing import Any, Callable, Iterable, Sequence
 import sqlalchemy as sa
 
 DEFAULT_BATCH_SIZE = 10_000
+BATCH_TABLE = "batch_ids"
 
 
 @dataclass(frozen=True)
 class BatchFacts:
-    """A query over one batch (same bound parameters) materialised once per batch as a temp table.
-
-    It may read batch facts listed before it (`refresh` creates them in first-declared order)."""
+    """A query over one batch (same bound parameters) materialised once per batch as a temp table."""
 
     name: str
     sql: str
@@ -66,89 +74,70 @@ class BatchFacts:
 
 @dataclass(frozen=True)
 class DerivedTable:
-    """One derived table: its name, unique key, the rows it must hold, and how to compute them."""
+    """One derived table: its name, unique key, the rows it must hold, and how to compute their value."""
 
     name: str
     key_columns: tuple[str, ...]
-    seed_sql: str  # SELECT key… : the rows expected for :batch_ids
-    compute_sql: str  # SELECT key…, value : every existing row for :batch_ids, recomputed from sources
-    value_column: str = "status"
-    description: str = ""
-    # Optional refresh-time variants reading the per-batch temp tables of `batch_facts` (see above).
+    expected_sql: str  # SELECT key…, context… : the rows that must exist for the batch
+    existing_sql: str  # SELECT row_id, key…, context…, cached : the rows the table holds in scope
+    value_expr: str  # the value of row `k` (over `value_joins`)
+    value_joins: str = ""  # FROM-clause joins after `… AS k` that value_expr reads
+    context_columns: tuple[str, ...] = ()
     batch_facts: tuple[BatchFacts, ...] = ()
-    batch_seed_sql: str | None = None  # SELECT key…, value : the expected rows with their value
-    batch_compute_sql: str | None = None  # as compute_sql, reading the batch facts
+    value_column: str = "status"
+    value_type: str = "smallint"
+    description: str = ""
 
-    def _keys(self, alias: str) -> str:
-        return ", ".join(f"{alias}.{k}" for k in self.key_columns)
-
-    def _join(self, left: str, right: str) -> str:
-        return " AND ".join(f"{left}.{k} = {right}.{k}" for k in self.key_columns)
+    def _list(self, alias: str, columns: Iterable[str]) -> str:
+        return ", ".join(f"{alias}.{c}" for c in columns)
 
     @property
-    def seed_statement(self) -> sa.TextClause:
-        cols = ", ".join(self.key_columns)
-        return sa.text(
-            f"WITH seeded AS (INSERT INTO {self.name} ({cols}) SELECT {cols} FROM ({self.seed_sql}) AS expected "
-            f"ON CONFLICT ({cols}) DO NOTHING RETURNING 1) SELECT count(*) FROM seeded"
+    def rows_cte(self) -> str:
+        """`rows`: every row in scope (expected ∪ existing) with row_id (NULL = missing), cached and value."""
+        keys = self.key_columns
+        merged = ", ".join(f"coalesce(e.{c}, x.{c}) AS {c}" for c in (*keys, *self.context_columns))
+        on = " AND ".join(f"e.{c} = x.{c}" for c in keys)
+        return (
+            f"expected AS MATERIALIZED ({self.expected_sql}), "
+            f"existing AS MATERIALIZED ({self.existing_sql}), "
+            f"rows AS MATERIALIZED ("
+            f"SELECT {self._list('k', keys)}, k.row_id, k.cached, "
+            f"CAST(({self.value_expr}) AS {self.value_type}) AS computed "
+            f"FROM (SELECT {merged}, x.row_id, x.cached FROM expected AS e FULL JOIN existing AS x ON {on}) AS k "
+            f"{self.value_joins})"
         )
 
     @property
-    def update_statement(self) -> sa.TextClause:
-        v = self.value_column
-        compute = self.batch_compute_sql if self.batch_compute_sql is not None else self.compute_sql
-        return sa.text(
-            f"WITH computed AS MATERIALIZED ({compute}), "
-            f"changed AS (UPDATE {self.name} AS t SET {v} = c.{v} FROM computed AS c "
-            f"WHERE {self._join('t', 'c')} AND t.{v} IS DISTINCT FROM c.{v} RETURNING 1) "
-            f"SELECT (SELECT count(*) FROM computed) AS computed, (SELECT count(*) FROM changed) AS changed"
-        )
-
-    @property
-    def seed_and_update_statement(self) -> sa.TextClause:
-        """Seeding and write-back in ONE statement (tables with `batch_seed_sql`).
-
-        All parts see the snapshot taken before the statement, so `computed` covers the rows that
-        existed before it (the UPDATE writes those that changed) and `seeded` inserts the new rows with
-        their value: each row is written at most once, and new rows are not recomputed a second time.
-        """
+    def refresh_statement(self) -> sa.TextClause:
         cols = ", ".join(self.key_columns)
         v = self.value_column
         return sa.text(
-            f"WITH seeded AS (INSERT INTO {self.name} ({cols}, {v}) SELECT {cols}, {v} "
-            f"FROM ({self.batch_seed_sql}) AS expected ON CONFLICT ({cols}) DO NOTHING RETURNING 1), "
-            f"computed AS MATERIALIZED ({self.batch_compute_sql or self.compute_sql}), "
-            f"changed AS (UPDATE {self.name} AS t SET {v} = c.{v} FROM computed AS c "
-            f"WHERE {self._join('t', 'c')} AND t.{v} IS DISTINCT FROM c.{v} RETURNING 1) "
-            f"SELECT (SELECT count(*) FROM seeded) AS seeded, (SELECT count(*) FROM computed) AS computed, "
+            f"WITH {self.rows_cte}, "
+            f"seeded AS (INSERT INTO {self.name} ({cols}, {v}) SELECT {cols}, computed FROM rows "
+            f"WHERE row_id IS NULL ON CONFLICT ({cols}) DO NOTHING RETURNING 1), "
+            f"changed AS (UPDATE {self.name} AS t SET {v} = r.computed FROM rows AS r "
+            f"WHERE t.id = r.row_id AND t.{v} IS DISTINCT FROM r.computed RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM seeded) AS seeded, "
+            f"(SELECT count(*) FROM rows WHERE row_id IS NOT NULL) AS computed, "
             f"(SELECT count(*) FROM changed) AS changed"
         )
 
     @property
     def drift_statement(self) -> sa.TextClause:
-        v = self.value_column
-        return sa.text(
-            f"SELECT {self._keys('t')}, t.{v} AS cached, c.{v} AS computed "
-            f"FROM ({self.compute_sql}) AS c JOIN {self.name} AS t ON {self._join('t', 'c')} "
-            f"WHERE t.{v} IS DISTINCT FROM c.{v} ORDER BY {self._keys('t')}"
-        )
+        keys = self._list("rows", self.key_columns)
+        return sa.text(f"WITH {self.rows_cte} SELECT {keys}, cached, computed FROM rows "
+                       f"WHERE row_id IS NOT NULL AND cached IS DISTINCT FROM computed ORDER BY {keys}")
 
     @property
     def coverage_statement(self) -> sa.TextClause:
-        return sa.text(
-            f"SELECT {self._keys('e')} FROM ({self.seed_sql}) AS e "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {self.name} AS t WHERE {self._join('t', 'e')}) "
-            f"ORDER BY {self._keys('e')}"
-        )
+        keys = self._list("rows", self.key_columns)
+        return sa.text(f"WITH {self.rows_cte} SELECT {keys} FROM rows WHERE row_id IS NULL ORDER BY {keys}")
 
     @property
     def explain_statement(self) -> sa.TextClause:
-        v = self.value_column
-        return sa.text(
-            f"SELECT {self._keys('c')}, t.{v} AS cached, c.{v} AS computed "
-            f"FROM ({self.compute_sql}) AS c JOIN {self.name} AS t ON {self._join('t', 'c')} "
-            f"ORDER BY {self._keys('c')}"
-        )
+        keys = self._list("rows", self.key_columns)
+        return sa.text(f"WITH {self.rows_cte} SELECT {keys}, cached, computed FROM rows "
+                       f"WHERE row_id IS NOT NULL ORDER BY {keys}")
 
 
 @dataclass
@@ -199,7 +188,7 @@ def batch_facts_of(tables: Sequence[DerivedTable]) -> list[BatchFacts]:
 
 
 def prepare_batch(conn: sa.Connection, facts: Sequence[BatchFacts], params: dict[str, Any]) -> None:
-    """Materialise the batch facts as temp tables dropped at commit, with planner statistics."""
+    """Materialise the batch facts (over `batch_ids`) as temp tables dropped at commit, with planner statistics."""
     for f in facts:
         conn.execute(f.create_statement, params)
         conn.execute(f.analyze_statement)
@@ -207,20 +196,30 @@ def prepare_batch(conn: sa.Connection, facts: Sequence[BatchFacts], params: dict
 
 def refresh_batch(conn: sa.Connection, table: DerivedTable, params: dict[str, Any]) -> RefreshCounts:
     """Seed, recompute and write back one batch of one table, in the caller's transaction
-    (after `prepare_batch` if the table reads batch facts)."""
+    (after `batch_ids` is filled and `prepare_batch` ran)."""
     started = time.perf_counter()
-    if table.batch_seed_sql is not None:
-        # `computed` counts the rows that existed before (seeded rows were written with their value).
-        seeded, computed, changed = conn.execute(table.seed_and_update_statement, params).one()
-    else:
-        seeded = conn.execute(table.seed_statement, params).scalar_one()
-        computed, changed = conn.execute(table.update_statement, params).one()
+    seeded, computed, changed = conn.execute(table.refresh_statement, params).one()
     return RefreshCounts(seeded=seeded, changed=changed, unchanged=computed - changed, batches=1,
                          seconds=time.perf_counter() - started)
 
 
-# A batch source returns the next batch of ids after `after` (None at the start), or [] when done.
-BatchSource = Callable[[sa.Connection, Any], list]
+@dataclass(frozen=True)
+class BatchSource:
+    """Where a scope's batches come from: a query `SELECT id … ORDER BY id LIMIT :limit` giving the ids
+    after `:after` (a bigint, NULL on the first batch), run by Postgres straight into `batch_ids`."""
+
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def fill(self, conn: sa.Connection, after: Any) -> tuple[int, Any]:
+        """Create and fill `batch_ids` with the next batch (inside the caller's transaction); returns
+        (ids in the batch, the last id)."""
+        conn.execute(sa.text(f"CREATE TEMP TABLE {BATCH_TABLE} ON COMMIT DROP AS SELECT id FROM ({self.sql}) AS b"),
+                     {**self.params, "after": after, "limit": self.batch_size})
+        count, last = conn.execute(sa.text(f"SELECT count(*), max(id) FROM {BATCH_TABLE}")).one()
+        conn.execute(sa.text(f"ANALYZE {BATCH_TABLE}"))
+        return count, last
 
 
 def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
@@ -228,27 +227,15 @@ def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_B
 
     `:after` is bound as a bigint; NULL on the first batch.
     """
-
-    def next_batch(conn: sa.Connection, after: Any) -> list:
-        rows = conn.execute(sa.text(sql), {**params, "after": after, "limit": batch_size}).scalars().all()
-        return list(rows)
-
-    return next_batch
+    return BatchSource(sql, dict(params), batch_size)
 
 
 def list_batches(ids: Iterable[int], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
-    """Batches from a known list of ids (deduplicated, sorted)."""
-    ordered = sorted(set(ids))
-
-    def next_batch(_conn: sa.Connection, after: Any) -> list:
-        start = 0
-        if after is not None:
-            import bisect
-
-            start = bisect.bisect_right(ordered, after)
-        return ordered[start:start + batch_size]
-
-    return next_batch
+    """Batches from a known list of ids (deduplicated, sorted), keyset-paged by Postgres."""
+    return BatchSource(
+        "SELECT DISTINCT id FROM unnest(CAST(:ids AS bigint[])) AS i (id) "
+        "WHERE CAST(:after AS bigint) IS NULL OR id > CAST(:after AS bigint) ORDER BY id LIMIT :limit",
+        {"ids": sorted(set(ids))}, batch_size)
 
 
 def refresh(
@@ -262,7 +249,7 @@ def refresh(
     """Refresh `tables` over every batch of ids, one transaction per batch (all tables together).
 
     `conn` must not be inside a transaction. `finalize(conn)` runs inside the LAST batch's
-    transaction (or in a transaction of its own if the scope is empty), so work that must only
+    transaction (the first batch shorter than the batch size, possibly empty), so work that must only
     count once the refresh is complete (e.g. marking requests processed) commits with it.
     """
     if conn.in_transaction():
@@ -271,57 +258,82 @@ def refresh(
     facts = batch_facts_of(tables)
     started = time.perf_counter()
     after = None
-    pending = None
-    # Look one batch ahead so that `finalize` can run in the last batch's transaction.
-    with conn.begin():
-        ids = batches(conn, after)
-    while True:
-        if not ids:
-            if pending is None and finalize is not None:
-                with conn.begin():
-                    finalize(conn)
-            break
+    done = False
+    while not done:
         with conn.begin():
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-            batch_params = {**params, "batch_ids": ids}
-            prepare_batch(conn, facts, batch_params)
-            for table in tables:
-                result.tables[table.name].add(refresh_batch(conn, table, batch_params))
-            result.batches += 1
-            next_ids = batches(conn, ids[-1])
-            if not next_ids and finalize is not None:
+            count, after = batches.fill(conn, after)
+            if count:
+                prepare_batch(conn, facts, params)
+                for table in tables:
+                    result.tables[table.name].add(refresh_batch(conn, table, params))
+                result.batches += 1
+            done = count < batches.batch_size
+            if done and finalize is not None:
                 finalize(conn)
-        pending = ids
-        ids = next_ids
     result.seconds = time.perf_counter() - started
     return result
 
 
-def drift(conn: sa.Connection, table: DerivedTable, sample_ids: Sequence[int], params: dict[str, Any]) -> list[dict]:
-    """Rows of the sample whose cached value differs from a fresh computation (keys and values only)."""
-    if not sample_ids:
-        return []
-    rows = conn.execute(table.drift_statement, {**params, "batch_ids": list(sample_ids)}).mappings().all()
-    return [dict(r) for r in rows]
+class read_transaction:
+    """A transaction (or, inside a caller's, a savepoint) that is rolled back at the end: checks and
+    explain only create temp tables."""
+
+    def __init__(self, conn: sa.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.tx = self.conn.begin_nested() if self.conn.in_transaction() else self.conn.begin()
+        return self.tx
+
+    def __exit__(self, *exc):
+        self.tx.rollback()
+        return False
 
 
-def coverage(conn: sa.Connection, table: DerivedTable, batches: BatchSource, params: dict[str, Any],
-             limit: int = 1000) -> list[dict]:
-    """Expected keys that have no row (up to `limit`), scanning every batch of the scope."""
-    missing: list[dict] = []
+def _read_batch(conn: sa.Connection, tables: Sequence[DerivedTable], batches: BatchSource, after: Any,
+                params: dict[str, Any], statement: Callable[[DerivedTable], sa.TextClause],
+                found: dict[str, list[dict]]) -> tuple[int, Any]:
+    """One batch of a check: fill `batch_ids`, build the facts, run `statement` of each table."""
+    with read_transaction(conn):
+        count, last = batches.fill(conn, after)
+        if count:
+            prepare_batch(conn, batch_facts_of(tables), params)
+            for table in tables:
+                found[table.name].extend(dict(r) for r in conn.execute(statement(table), params).mappings())
+    return count, last
+
+
+def drift(conn: sa.Connection, tables: Sequence[DerivedTable], sample_ids: Sequence[int],
+          params: dict[str, Any]) -> dict[str, list[dict]]:
+    """Per table: rows of the sample whose cached value differs from a fresh computation (keys and values)."""
+    found: dict[str, list[dict]] = {t.name: [] for t in tables}
+    if sample_ids:
+        sample = list_batches(sample_ids, batch_size=len(sample_ids))
+        _read_batch(conn, tables, sample, None, params, lambda t: t.drift_statement, found)
+    return found
+
+
+def coverage(conn: sa.Connection, tables: Sequence[DerivedTable], batches: BatchSource, params: dict[str, Any],
+             limit: int = 1000) -> dict[str, list[dict]]:
+    """Per table: expected keys that have no row (up to `limit`), scanning every batch of the scope."""
+    found: dict[str, list[dict]] = {t.name: [] for t in tables}
     after = None
-    while len(missing) < limit:
-        ids = batches(conn, after)
-        if not ids:
+    while all(len(rows) < limit for rows in found.values()):
+        count, after = _read_batch(conn, tables, batches, after, params, lambda t: t.coverage_statement, found)
+        if count < batches.batch_size:
             break
-        rows = conn.execute(table.coverage_statement, {**params, "batch_ids": ids}).mappings().all()
-        missing.extend(dict(r) for r in rows)
-        after = ids[-1]
-    return missing[:limit]
+    return {name: rows[:limit] for name, rows in found.items()}
 
 
-def explain(conn: sa.Connection, table: DerivedTable, batch_id: int, params: dict[str, Any]) -> list[dict]:
-    """Cached vs recomputed value of every row of one batch id (e.g. one patient)."""
-    rows = conn.execute(table.explain_statement, {**params, "batch_ids": [batch_id]}).mappings().all()
-    return [dict(r) for r in rows]
+def explain(conn: sa.Connection, tables: Sequence[DerivedTable], batch_id: int,
+            params: dict[str, Any]) -> dict[str, list[dict]]:
+    """Per table: cached vs recomputed value of every row of one batch id (e.g. one patient)."""
+    found: dict[str, list[dict]] = {t.name: [] for t in tables}
+    _read_batch(conn, tables, list_batches([batch_id]), None, params, lambda t: t.explain_statement, found)
+    return found
 
+
+def fill_batch_ids(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """`batch_ids` holding exactly `ids`, in the caller's transaction (explain's input queries)."""
+    list_batches(ids, max(1, len(ids))).fill(conn, None)
