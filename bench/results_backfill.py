@@ -6,6 +6,11 @@ rest one ORIGINAL event. The project's way is `backfill_results` (both passes, k
 transaction each). The baseline inserts the same order-pass rows one statement per source row (the way a
 loop in application code would), on a sample: committing every 10,000 rows like the backfill, and again
 committing every row; its rows are then deleted (scratch database) so the measured backfill starts from nothing.
+
+The floor is what any set-based method can reach here: one bare `INSERT … SELECT` (no batches, no anti-join,
+the backfill's projection) of the order-pass rows of the first FLOOR_MONTHS months into an empty copy of
+`result` with the same indexes and foreign keys, and again into one without the foreign keys. It is a sample
+(a smaller table than the backfill's by the end, so if anything a little optimistic) to keep scale 1 short.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from assets.results import backfill_results
+from assets.results import _ROW_ID_PARAMS, _SNOMED_PARAMS, _SNOMED_SQL, backfill_results
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
 
@@ -23,6 +28,8 @@ ORDERS_AT_SCALE_1 = 5_000_000
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 END = datetime(2026, 1, 1, tzinfo=timezone.utc)
 USER = uuid.UUID("00000000-0000-4000-8000-00000000beef")
+FLOOR_MONTHS = 3
+FLOOR_END = datetime(2024, 1 + FLOOR_MONTHS, 1, tzinfo=timezone.utc)
 
 BUILD = [
     # test_order and test_event refer to each other: load both, then restore the key (validated once).
@@ -70,6 +77,45 @@ ROW_AT_A_TIME = """
     WHERE NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_order_id = %s)
     ON CONFLICT DO NOTHING
 """
+
+
+# Copies of `result` for the floor: same columns, defaults, checks and indexes; the first also gets the FKs.
+FLOOR_TABLES = {
+    "result_floor_fk": [
+        "CREATE TABLE result_floor_fk (LIKE result INCLUDING ALL)",
+        "ALTER TABLE result_floor_fk ADD FOREIGN KEY (test_event_id) REFERENCES test_event (internal_id), "
+        "ADD FOREIGN KEY (test_order_id) REFERENCES test_order (internal_id), "
+        "ADD FOREIGN KEY (disease_id) REFERENCES supported_disease (internal_id)",
+    ],
+    "result_floor_no_fk": ["CREATE TABLE result_floor_no_fk (LIKE result INCLUDING ALL)"],
+}
+
+# The order pass's rows with its projection, in one statement: no batches, no anti-join, no conflict clause.
+FLOOR_INSERT = f"""
+    INSERT INTO {{table}} (internal_id, created_at, created_by, updated_at, updated_by, is_deleted,
+                         test_event_id, test_order_id, disease_id, result, test_result)
+    SELECT md5(:order_row_ns || src.internal_id::text)::uuid,
+           src.created_at, src.created_by, src.updated_at, src.updated_by, false,
+           src.test_event_id, src.internal_id, :disease_id, {_SNOMED_SQL}, src.result
+    FROM test_order AS src
+    WHERE src.created_at >= :start AND src.created_at < :end AND src.result IS NOT NULL
+"""
+
+
+def _floor(conn: sa.Connection, table: str) -> tuple[int, float]:
+    """Rows and seconds of the bare INSERT … SELECT into a fresh copy `table` (dropped afterwards)."""
+    for statement in FLOOR_TABLES[table]:
+        conn.execute(sa.text(statement))
+    conn.commit()
+    with timed() as t:
+        rows = conn.execute(sa.text(FLOOR_INSERT.format(table=table)), {
+            "start": START, "end": FLOOR_END, "disease_id": COVID19_DISEASE_ID,
+            **_SNOMED_PARAMS, **_ROW_ID_PARAMS}).rowcount
+        conn.commit()
+    seconds = t()
+    conn.execute(sa.text(f"DROP TABLE {table}"))
+    conn.commit()
+    return rows, seconds
 
 
 def run(db: BenchDatabase, scale: float) -> BenchReport:
@@ -123,6 +169,9 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
         with timed() as t:
             rerun = backfill_results(conn, START, END)
         rerun_seconds = t()
+        # After the backfill, so its FK row locks on the sources do not change what the backfill meets.
+        floor_rows, floor_seconds = _floor(conn, "result_floor_fk")
+        floor_no_fk_rows, floor_no_fk_seconds = _floor(conn, "result_floor_no_fk")
     engine.dispose()
     assert rerun.inserted == 0, "a rerun must be a no-op"
     assert baseline_rows == len(rows)
@@ -134,11 +183,25 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                f"order pass {counts.order_rows:,}, event pass {counts.event_rows:,}")
     report.add("backfill: source rows scanned", counts.scanned, "rows", f"{counts.batches:,} batches of ≤ 10,000")
     report.add("backfill: wall time", backfill_seconds, "s")
-    report.add("backfill rate", counts.inserted / backfill_seconds, "rows/s")
+    report.add("backfill rate", counts.inserted / backfill_seconds, "rows/s", "both passes")
+    report.add("backfill: order pass", counts.order_pass_seconds, "s", f"{counts.order_rows:,} rows")
+    report.add("backfill: event pass", counts.event_pass_seconds, "s",
+               f"{counts.event_rows:,} rows (superseded events)")
+    report.add("backfill: order pass rate", counts.order_rows / counts.order_pass_seconds, "rows/s")
+    report.add("floor sample: one INSERT … SELECT", floor_rows, "rows",
+               f"order-pass rows of the first {FLOOR_MONTHS} months")
+    report.add("floor rate (indexes + FKs)", floor_rows / floor_seconds, "rows/s")
+    report.add("floor rate (indexes, no FKs)", floor_no_fk_rows / floor_no_fk_seconds, "rows/s")
     report.add("rerun (no-op): wall time", rerun_seconds, "s")
     report.add("row-at-a-time sample", baseline_rows, "rows")
     report.add("row-at-a-time rate (baseline)", baseline_rows / baseline_seconds, "rows/s")
     report.add("row-at-a-time, commit per row: rate", baseline_rows / per_row_commit_seconds, "rows/s")
+    report.ratio("backfill order pass vs floor (indexes + FKs)", "backfill: order pass rate",
+                 "floor rate (indexes + FKs)", "≤ 1× by definition")
+    report.ratio("backfill (both passes) vs floor (indexes + FKs)", "backfill rate", "floor rate (indexes + FKs)")
+    report.ratio("floor (indexes + FKs) vs row-at-a-time", "floor rate (indexes + FKs)",
+                 "row-at-a-time rate (baseline)", "bound for any set-based way")
+    report.ratio("floor (no FKs) vs row-at-a-time", "floor rate (indexes, no FKs)", "row-at-a-time rate (baseline)")
     report.ratio("set-based backfill vs row-at-a-time, per row", "backfill rate", "row-at-a-time rate (baseline)",
                  "≥ 100×")
     report.ratio("set-based backfill vs row-at-a-time with a commit per row", "backfill rate",
