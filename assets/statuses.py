@@ -244,8 +244,8 @@ def explain_statuses(conn: sa.Connection, patient_id: int, programme_type: str, 
     params = base_params(ids[programme_type], today)
     statuses = dt.explain(conn, q.STATUS_TABLES, patient_id, params)
     with dt.read_transaction(conn):
-        dt.fill_batch_ids(conn, [patient_id])
-        inputs = {label: [dict(r) for r in conn.execute(sa.text(sql), params).mappings().all()]
+        batch = {**params, **dt.fill_batch_ids(conn, [patient_id])}
+        inputs = {label: [dict(r) for r in conn.execute(sa.text(sql), batch).mappings().all()]
                   for label, sql in q.EXPLAIN_INPUTS.items()}
     return {"patient_id": patient_id, "programme": programme_type, "today": today.isoformat(),
             "statuses": statuses, "inputs": inputs}

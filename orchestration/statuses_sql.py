@@ -20,8 +20,14 @@ PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td
 
 _YEAR_GROUPS_VALUES = ", ".join(f"('{t}', {lo}, {hi})" for t, (lo, hi) in PROGRAMME_YEAR_GROUPS.items())
 
-# Membership of the batch: a semi-join with the batch's temp table (see derived_table.BATCH_TABLE).
-IN_BATCH = "IN (SELECT id FROM batch_ids)"
+
+
+def in_batch(column: str) -> str:
+    """`column` is one of the batch's ids: a semi-join with the batch's temp table (derived_table.BATCH_TABLE),
+    plus the batch's id range, so index scans start and stop at the batch instead of the table's ends."""
+    return (f"{column} BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint) "
+            f"AND {column} IN (SELECT id FROM batch_ids)")
+
 SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
 
@@ -40,7 +46,7 @@ eligible AS MATERIALIZED (
     FROM patients AS pt
     CROSS JOIN programmes AS pr
     JOIN year_groups AS yg ON yg.type = pr.type
-    WHERE pt.id {IN_BATCH}
+    WHERE {in_batch('pt.id')}
       AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
@@ -50,7 +56,7 @@ patient_session_programmes AS MATERIALIZED (
     SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
     FROM patient_sessions AS ps
     JOIN session_programmes AS sp ON sp.session_id = ps.session_id
-    WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
+    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
       AND EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
 )"""
 
@@ -64,7 +70,7 @@ named_consents AS (
     FROM consents AS c
     JOIN patients AS pt ON pt.id = c.patient_id
     LEFT JOIN parents AS pa ON pa.id = c.parent_id
-    WHERE c.patient_id {IN_BATCH} AND c.programme_id = CAST(:programme_id AS bigint)
+    WHERE {in_batch('c.patient_id')} AND c.programme_id = CAST(:programme_id AS bigint)
       AND c.invalidated_at IS NULL AND c.response <> 2
 ),
 latest_consents AS (
@@ -106,7 +112,7 @@ consent_status AS MATERIALIZED (
 latest_triage AS MATERIALIZED (
     SELECT DISTINCT ON (patient_id) patient_id, status
     FROM triages
-    WHERE patient_id {IN_BATCH} AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
+    WHERE {in_batch('patient_id')} AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
     ORDER BY patient_id, created_at DESC, id DESC
 ),
 kept_records AS (
@@ -114,7 +120,7 @@ kept_records AS (
            {_age('pt.date_of_birth', "(vr.performed_at AT TIME ZONE 'Europe/London')::date")} AS age
     FROM vaccination_records AS vr
     JOIN patients AS pt ON pt.id = vr.patient_id
-    WHERE vr.patient_id {IN_BATCH} AND vr.programme_id = CAST(:programme_id AS bigint)
+    WHERE {in_batch('vr.patient_id')} AND vr.programme_id = CAST(:programme_id AS bigint)
       AND vr.discarded_at IS NULL
 ),
 vaccinated AS MATERIALIZED (
@@ -146,7 +152,8 @@ patient_facts AS MATERIALIZED (
     LEFT JOIN vaccinated AS v ON v.patient_id = pt.id
     LEFT JOIN consent_status AS cs ON cs.patient_id = pt.id
     LEFT JOIN latest_triage AS lt ON lt.patient_id = pt.id
-    WHERE pt.id IN (SELECT id FROM batch_ids)
+    WHERE pt.id BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint)
+      AND pt.id IN (SELECT id FROM batch_ids)
 )"""
 
 CONSENT_STATUS_EXPR = "f.consent_status"
@@ -194,7 +201,7 @@ todays_attendance AS MATERIALIZED (
     FROM session_attendances AS a
     JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
     JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-    WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
+    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
 )"""
 
 # The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
@@ -246,7 +253,7 @@ def _patient_level(name: str, status_expr: str, description: str) -> DerivedTabl
         expected_sql=f"SELECT patient_id, programme_id FROM eligible WHERE programme_id = {PROGRAMME}",
         existing_sql=f"""
             SELECT s.id AS row_id, s.patient_id, s.programme_id, s.status AS cached FROM {name} AS s
-            WHERE s.patient_id {IN_BATCH} AND s.programme_id = {PROGRAMME}""",
+            WHERE {in_batch('s.patient_id')} AND s.programme_id = {PROGRAMME}""",
         value_joins="JOIN patient_facts AS f ON f.patient_id = k.patient_id",
         value_expr=status_expr,
     )
@@ -272,7 +279,7 @@ session_statuses = DerivedTable(
         SELECT s.id AS row_id, s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id, s.status AS cached
         FROM patient_session_session_statuses AS s
         JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-        WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER} AND s.programme_id = {PROGRAMME}""",
+        WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER} AND s.programme_id = {PROGRAMME}""",
     value_joins="""
         JOIN patient_facts AS f ON f.patient_id = k.patient_id
         LEFT JOIN latest_session_record AS lr ON lr.patient_id = k.patient_id AND lr.session_id = k.session_id
@@ -294,7 +301,7 @@ registration_statuses = DerivedTable(
         SELECT s.id AS row_id, s.patient_session_id, s.status AS cached
         FROM patient_session_registration_statuses AS s
         JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-        WHERE ps.patient_id {IN_BATCH} AND {SESSION_FILTER}
+        WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
           AND EXISTS (SELECT 1 FROM session_programmes AS sp
                       WHERE sp.session_id = ps.session_id AND sp.programme_id = {PROGRAMME})""",
     value_joins="""
@@ -361,7 +368,7 @@ EXPLAIN_INPUTS = {
     "latest triage": f"""
         WITH {PATIENT_INPUTS_CTES}
         SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
-        WHERE t.patient_id {IN_BATCH} AND t.programme_id = CAST(:programme_id AS bigint)
+        WHERE {in_batch('t.patient_id')} AND t.programme_id = CAST(:programme_id AS bigint)
           AND t.invalidated_at IS NULL
         ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
     "kept vaccination records": f"""
@@ -378,11 +385,11 @@ EXPLAIN_INPUTS = {
                        AND sp.programme_id = CAST(:programme_id AS bigint)) AS session_has_programme,
                EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = CAST(:programme_id AS bigint))
                    AS eligible_for_programme
-        FROM patient_sessions AS ps WHERE ps.patient_id {IN_BATCH} ORDER BY ps.id""",
+        FROM patient_sessions AS ps WHERE {in_batch('ps.patient_id')} ORDER BY ps.id""",
     "today's attendance": f"""
         SELECT a.patient_session_id, sd.value AS session_date, a.attending
         FROM session_attendances AS a
         JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
         JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-        WHERE ps.patient_id {IN_BATCH} ORDER BY a.patient_session_id""",
+        WHERE {in_batch('ps.patient_id')} ORDER BY a.patient_session_id""",
 }

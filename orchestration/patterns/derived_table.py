@@ -109,6 +109,8 @@ class DerivedTable:
 
     @property
     def refresh_statement(self) -> sa.TextClause:
+        # `cached` is the row's value in this statement's snapshot, and only the refresh (holding the
+        # advisory lock) writes these tables, so filtering on it lets the UPDATE touch changed rows only.
         cols = ", ".join(self.key_columns)
         v = self.value_column
         return sa.text(
@@ -116,7 +118,7 @@ class DerivedTable:
             f"seeded AS (INSERT INTO {self.name} ({cols}, {v}) SELECT {cols}, computed FROM rows "
             f"WHERE row_id IS NULL ON CONFLICT ({cols}) DO NOTHING RETURNING 1), "
             f"changed AS (UPDATE {self.name} AS t SET {v} = r.computed FROM rows AS r "
-            f"WHERE t.id = r.row_id AND t.{v} IS DISTINCT FROM r.computed RETURNING 1) "
+            f"WHERE t.id = r.row_id AND r.cached IS DISTINCT FROM r.computed RETURNING 1) "
             f"SELECT (SELECT count(*) FROM seeded) AS seeded, "
             f"(SELECT count(*) FROM rows WHERE row_id IS NOT NULL) AS computed, "
             f"(SELECT count(*) FROM changed) AS changed"
@@ -204,6 +206,20 @@ def refresh_batch(conn: sa.Connection, table: DerivedTable, params: dict[str, An
 
 
 @dataclass(frozen=True)
+class Batch:
+    """The batch now in `batch_ids`: how many ids, and its first and last id (bound as
+    `:batch_first` / `:batch_last`, so queries can bound index scans by the batch's id range)."""
+
+    count: int
+    first: Any
+    last: Any
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"batch_first": self.first, "batch_last": self.last}
+
+
+@dataclass(frozen=True)
 class BatchSource:
     """Where a scope's batches come from: a query `SELECT id … ORDER BY id LIMIT :limit` giving the ids
     after `:after` (a bigint, NULL on the first batch), run by Postgres straight into `batch_ids`."""
@@ -212,14 +228,13 @@ class BatchSource:
     params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = DEFAULT_BATCH_SIZE
 
-    def fill(self, conn: sa.Connection, after: Any) -> tuple[int, Any]:
-        """Create and fill `batch_ids` with the next batch (inside the caller's transaction); returns
-        (ids in the batch, the last id)."""
+    def fill(self, conn: sa.Connection, after: Any) -> Batch:
+        """Create and fill `batch_ids` with the next batch, inside the caller's transaction."""
         conn.execute(sa.text(f"CREATE TEMP TABLE {BATCH_TABLE} ON COMMIT DROP AS SELECT id FROM ({self.sql}) AS b"),
                      {**self.params, "after": after, "limit": self.batch_size})
-        count, last = conn.execute(sa.text(f"SELECT count(*), max(id) FROM {BATCH_TABLE}")).one()
+        batch = Batch(*conn.execute(sa.text(f"SELECT count(*), min(id), max(id) FROM {BATCH_TABLE}")).one())
         conn.execute(sa.text(f"ANALYZE {BATCH_TABLE}"))
-        return count, last
+        return batch
 
 
 def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
@@ -262,13 +277,15 @@ def refresh(
     while not done:
         with conn.begin():
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-            count, after = batches.fill(conn, after)
-            if count:
-                prepare_batch(conn, facts, params)
+            batch = batches.fill(conn, after)
+            if batch.count:
+                batch_params = {**params, **batch.params}
+                prepare_batch(conn, facts, batch_params)
                 for table in tables:
-                    result.tables[table.name].add(refresh_batch(conn, table, params))
+                    result.tables[table.name].add(refresh_batch(conn, table, batch_params))
                 result.batches += 1
-            done = count < batches.batch_size
+            done = batch.count < batches.batch_size
+            after = batch.last
             if done and finalize is not None:
                 finalize(conn)
     result.seconds = time.perf_counter() - started
@@ -293,15 +310,16 @@ class read_transaction:
 
 def _read_batch(conn: sa.Connection, tables: Sequence[DerivedTable], batches: BatchSource, after: Any,
                 params: dict[str, Any], statement: Callable[[DerivedTable], sa.TextClause],
-                found: dict[str, list[dict]]) -> tuple[int, Any]:
+                found: dict[str, list[dict]]) -> Batch:
     """One batch of a check: fill `batch_ids`, build the facts, run `statement` of each table."""
     with read_transaction(conn):
-        count, last = batches.fill(conn, after)
-        if count:
-            prepare_batch(conn, batch_facts_of(tables), params)
+        batch = batches.fill(conn, after)
+        if batch.count:
+            batch_params = {**params, **batch.params}
+            prepare_batch(conn, batch_facts_of(tables), batch_params)
             for table in tables:
-                found[table.name].extend(dict(r) for r in conn.execute(statement(table), params).mappings())
-    return count, last
+                found[table.name].extend(dict(r) for r in conn.execute(statement(table), batch_params).mappings())
+    return batch
 
 
 def drift(conn: sa.Connection, tables: Sequence[DerivedTable], sample_ids: Sequence[int],
@@ -320,9 +338,10 @@ def coverage(conn: sa.Connection, tables: Sequence[DerivedTable], batches: Batch
     found: dict[str, list[dict]] = {t.name: [] for t in tables}
     after = None
     while all(len(rows) < limit for rows in found.values()):
-        count, after = _read_batch(conn, tables, batches, after, params, lambda t: t.coverage_statement, found)
-        if count < batches.batch_size:
+        batch = _read_batch(conn, tables, batches, after, params, lambda t: t.coverage_statement, found)
+        if batch.count < batches.batch_size:
             break
+        after = batch.last
     return {name: rows[:limit] for name, rows in found.items()}
 
 
@@ -334,6 +353,7 @@ def explain(conn: sa.Connection, tables: Sequence[DerivedTable], batch_id: int,
     return found
 
 
-def fill_batch_ids(conn: sa.Connection, ids: Sequence[int]) -> None:
-    """`batch_ids` holding exactly `ids`, in the caller's transaction (explain's input queries)."""
-    list_batches(ids, max(1, len(ids))).fill(conn, None)
+def fill_batch_ids(conn: sa.Connection, ids: Sequence[int]) -> dict[str, Any]:
+    """`batch_ids` holding exactly `ids`, in the caller's transaction (explain's input queries); returns
+    the batch's bound parameters."""
+    return list_batches(ids, max(1, len(ids))).fill(conn, None).params
