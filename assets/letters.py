@@ -8,11 +8,15 @@ The collation (`collate_letters`) is plain code over a SQLAlchemy `Connection` a
    many letters is listed once (1,000 keys per call) and each letter's prefix is resolved in
    the sorted listing, which gives exactly "the first object under the prefix" at a fraction of
    upstream's one call per letter; folders with few letters get one prefix listing per letter.
-   The fetched bytes are checked (0 bytes, or not starting with `%PDF`) *before* planning, so a
-   bad PDF never reaches a batch, and kept in a temporary folder for the zips;
+   Listings and GETs go through `S3Reader` (kept-alive connections, SigV4, a minimal HTTP/1.1
+   parser): one GET per PDF is the bulk of the work, and botocore/urllib3 spent 10× more CPU per
+   GET than the S3 server. The fetched bytes are checked (0 bytes, or not starting with `%PDF`)
+   *before* planning, so a bad PDF never reaches a batch, and appended to spool files (one per
+   chunk of letters) in a temporary folder;
 4. group (rule 4) and insert the batches `planned` with their items, in one transaction;
-5. per batch: upload the JSON manifest, then the zip (the zip is the commit marker), both with
-   SSE-AES256; then, in one transaction, the batch becomes `uploaded` and its letters `sending`.
+5. per batch, in a small pool: build the zip in memory from the spool files, upload the JSON
+   manifest, then the zip (the zip is the commit marker), both with SSE-AES256. As uploads finish,
+   one transaction per round makes those batches `uploaded` and their letters `sending`.
 
 Zips are *stored* (no compression): PDFs are already compressed streams, deflating them costs
 CPU for a few per cent, and stored entries keep the 40 MiB batch bound equal to the zip size.
@@ -25,30 +29,36 @@ import bisect
 import concurrent.futures as cf
 import csv
 import hashlib
+import hmac
 import io
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
+import ssl
 import tempfile
+import threading
 import time
+import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
+from itertools import repeat
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable
 
 import sqlalchemy as sa
-import urllib3
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 from dagster import (
@@ -90,6 +100,8 @@ POSTAGE_CODES = {"first": "1", "second": "2", "economy": "ECONOMY", "europe": "E
 MAX_BATCH_LETTERS = 500
 MAX_BATCH_BYTES = 40 * 1024 * 1024
 DEFAULT_WORKERS = 10  # botocore's default connection pool holds 10; more threads only queue
+ANALYZE_AFTER_ITEMS = 1_000  # items planned in one run above which their table's statistics are refreshed
+UPLOAD_WORKERS = 4  # zips built and put at once (each ≤ 40 MiB in memory)
 FOLDER_LISTING_MIN_LETTERS = 20  # below this, one prefix listing per letter is cheaper than the folder
 COLLATION_LOCK = 0x4C455454  # "LETT": pg_advisory_xact_lock key of the planning transaction
 SSE = "AES256"
@@ -200,7 +212,8 @@ class FoundPdf:
     key: str
     size: int
     sha256: str
-    path: Path  # the fetched bytes, in the run's temporary folder
+    path: Path  # the spool file holding the fetched bytes, in the run's temporary folder
+    offset: int = 0  # where they start in it
 
 
 @dataclass
@@ -214,53 +227,189 @@ class GatherResult:
     fetch_seconds: float = 0.0
 
 
-# The two hot read paths (folder listings and PDF GETs) go through presigned URLs on a shared urllib3
-# pool: botocore's per-call response parsing (a datetime per listed key) cost ~10× the listing itself
-# and ~1.5× per GET on this machine. Signing, credentials and errors stay botocore's.
-_http = urllib3.PoolManager(maxsize=32, retries=urllib3.Retry(total=3, connect=0, read=1, backoff_factor=0.2,
-                                                              status_forcelist=[500, 502, 503, 504]),
-                            timeout=urllib3.Timeout(connect=5, read=120))
+# The two hot read paths (folder listings and one GET per PDF) use a small HTTP/1.1 client of their own:
+# kept-alive connections, SigV4-signed query strings, a minimal response parser. Measured on this
+# machine, botocore spent ~1 ms of CPU per GET and urllib3 + presigning ~0.7 ms; this client spends
+# ~0.06 ms, so the S3 server, not Python, sets the pace. Only GET is spoken: writes stay botocore's.
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 120
+READ_RETRIES = 3  # S3 answering 500/502/503/504: retried with backoff, then the run fails
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the payload hash of a GET
 
 
-_presigners: dict[tuple[str, str], object] = {}
+def _quote(value: str, safe: str = "") -> str:
+    return urllib.parse.quote(value, safe=safe)  # leaves A-Z a-z 0-9 - _ . ~ (SigV4's unreserved set)
 
 
-def _presigner(s3):
-    """A SigV4 client for the same endpoint and region as `s3` (botocore presigns SigV2 in us-east-1,
-    which S3-compatible servers and new AWS buckets reject). Credentials: the project's settings,
-    else boto3's default chain — the same sources as every client of this project."""
-    settings = get_settings()
-    key = (s3.meta.endpoint_url, s3.meta.region_name, settings.aws_access_key_id)
-    client = _presigners.get(key)
-    if client is None:
+class _Connection:
+    """One kept-alive HTTP/1.1 connection; `get` sends a request head and returns (status, body, reusable)."""
+
+    def __init__(self, scheme: str, host: str, port: int):
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if scheme == "https":
+            sock = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")).wrap_socket(
+                sock, server_hostname=host)
+        sock.settimeout(READ_TIMEOUT)
+        self.sock, self.reader, self.used = sock, sock.makefile("rb", buffering=1 << 16), False
+
+    def get(self, head: bytes) -> tuple[int, bytes, bool]:
+        self.used = True
+        self.sock.sendall(head)
+        fp = self.reader
+        while True:
+            line = fp.readline(65537)
+            if not line:
+                raise ConnectionResetError("S3 closed the connection")
+            version, status = line.split(None, 2)[:2]
+            status = int(status)
+            length, chunked, close = None, False, version == b"HTTP/1.0"
+            while (header := fp.readline(65537)) not in (b"\r\n", b"\n", b""):
+                name, _, value = header.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif name == b"connection":
+                    close = b"close" in value.lower()
+            if status >= 200:
+                break  # a 1xx interim response has no body: read the next status line
+        if status in (204, 304):
+            return status, b"", not close
+        if chunked:
+            parts = []
+            while (size := int(fp.readline(65537).split(b";")[0], 16)) > 0:
+                parts.append(fp.read(size))
+                fp.readline()
+            while fp.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            body = b"".join(parts)
+        elif length is not None:
+            body = fp.read(length)
+            if len(body) != length:
+                raise ConnectionResetError("S3 response cut short")
+        else:
+            body, close = fp.read(), True
+        return status, body, not close
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class S3Reader:
+    """GETs from the endpoint of the boto3 client `s3`, SigV4-signed in the `Authorization` header
+    (path-style addressing; signed headers host, x-amz-content-sha256, x-amz-date), on a pool of kept-alive
+    connections shared by the threads. Credentials: the project's settings, else boto3's default chain,
+    as for every client of this project. Connection failures raise `EndpointConnectionError` (S3
+    unreachable: the run fails); S3 errors raise `ClientError` with S3's code."""
+
+    def __init__(self, s3):
+        url = urllib.parse.urlsplit(s3.meta.endpoint_url)
+        self.endpoint = s3.meta.endpoint_url
+        self._scheme, self._host = url.scheme, url.hostname
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._netloc, self._base = url.netloc, url.path.rstrip("/")
+        self._region = s3.meta.region_name or "us-east-1"
+        settings = get_settings()
         import boto3
-        from botocore.config import Config
 
-        client = boto3.client("s3", endpoint_url=s3.meta.endpoint_url, region_name=s3.meta.region_name,
-                              aws_access_key_id=settings.aws_access_key_id,
-                              aws_secret_access_key=settings.aws_secret_access_key,
-                              config=Config(signature_version="s3v4"))
-        _presigners[key] = client
-    return client
+        self._credentials = boto3.session.Session(
+            aws_access_key_id=settings.aws_access_key_id, aws_secret_access_key=settings.aws_secret_access_key,
+        ).get_credentials()
+        if self._credentials is None:
+            raise NoCredentialsError()
+        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
 
+    def __enter__(self) -> "S3Reader":
+        return self
 
-def _signed_get(s3, operation: str, params: dict) -> bytes:
-    url = _presigner(s3).generate_presigned_url(operation, Params=params, ExpiresIn=900)
-    try:
-        response = _http.request("GET", url)
-    except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out: S3 is unreachable
-        raise EndpointConnectionError(endpoint_url=url.split("?")[0]) from error
-    if response.status >= 300:
-        code, message = str(response.status), ""
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def signed_head(self, bucket: str, key: str = "", query: dict[str, str] | None = None,
+                    at: float | None = None) -> bytes:
+        """The head of a GET of `/{bucket}[/{key}]?{query}`, SigV4-signed at `at` (epoch seconds, default now)."""
+        frozen = self._credentials.get_frozen_credentials()  # refreshes role credentials when due
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at))
+        scope = f"{stamp[:8]}/{self._region}/s3/aws4_request"
+        signing_key = self._signing_keys.get((scope, frozen.secret_key))
+        if signing_key is None:
+            signing_key = f"AWS4{frozen.secret_key}".encode()
+            for part in (stamp[:8], self._region, "s3", "aws4_request"):
+                signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+            self._signing_keys = {(scope, frozen.secret_key): signing_key}
+        path = f"{self._base}/{_quote(bucket)}" + (f"/{_quote(key, safe='/')}" if key else "")
+        canonical_query = "&".join(sorted(f"{_quote(k)}={_quote(v)}" for k, v in (query or {}).items()))
+        headers = {"host": self._netloc, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": stamp}
+        if frozen.token:
+            headers["x-amz-security-token"] = frozen.token
+        names = ";".join(headers)  # already in sorted order
+        canonical = "\n".join(["GET", path, canonical_query, *(f"{k}:{v}" for k, v in headers.items()), "", names,
+                               EMPTY_SHA256])
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        lines = [f"GET {path}{'?' if canonical_query else ''}{canonical_query} HTTP/1.1",
+                 *(f"{k}: {v}" for k, v in headers.items()),
+                 f"authorization: AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, SignedHeaders={names}, "
+                 f"Signature={signature}", "", ""]
+        return "\r\n".join(lines).encode()
+
+    def get(self, bucket: str, key: str = "", query: dict[str, str] | None = None,
+            operation: str = "GetObject") -> bytes:
+        """The body of a GET; retries a stale kept-alive connection once and 5xx answers with backoff."""
+        for attempt in range(READ_RETRIES + 1):
+            head = self.signed_head(bucket, key, query)
+            connection = self._acquire()
+            reused = connection.used
+            try:
+                status, body, reusable = connection.get(head)
+            except (OSError, ValueError) as error:  # refused, reset, timed out, garbled
+                connection.close()
+                if reused and attempt == 0 and not isinstance(error, TimeoutError):
+                    continue  # the server closed an idle kept-alive connection: once more on a new one
+                raise EndpointConnectionError(endpoint_url=self.endpoint) from error
+            if reusable:
+                with self._lock:
+                    self._idle.append(connection)
+            else:
+                connection.close()
+            if status in RETRY_STATUSES and attempt < READ_RETRIES:
+                time.sleep(0.2 * 2 ** attempt)
+                continue
+            if status in RETRY_STATUSES:
+                raise EndpointConnectionError(endpoint_url=f"{self.endpoint} (HTTP {status} after retries)")
+            if status >= 300:
+                code, message = str(status), ""
+                try:
+                    root = ET.fromstring(body)
+                    code, message = root.findtext("Code") or code, root.findtext("Message") or ""
+                except ET.ParseError:
+                    pass
+                raise ClientError({"Error": {"Code": code, "Message": message},
+                                   "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+            return body
+        raise AssertionError("unreachable")
+
+    def _acquire(self) -> _Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
         try:
-            root = ET.fromstring(response.data)
-            code, message = root.findtext("Code") or code, root.findtext("Message") or ""
-        except ET.ParseError:
-            pass
-        raise ClientError({"Error": {"Code": code, "Message": message},
-                           "ResponseMetadata": {"HTTPStatusCode": response.status}}, operation)
-    return response.data
+            return _Connection(self._scheme, self._host, self._port)
+        except OSError as error:
+            raise EndpointConnectionError(endpoint_url=self.endpoint) from error
 
 
 def _tag(element, name: str):
@@ -272,11 +421,11 @@ def _is_missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}
 
 
-def _list_folder(s3, bucket: str, folder: str) -> tuple[list[tuple[str, int]], int]:
+def _list_folder(reader: S3Reader, bucket: str, folder: str) -> tuple[list[tuple[str, int]], int]:
     keys, calls, token = [], 0, None
     while True:
-        params = {"Bucket": bucket, "Prefix": f"{folder}/", **({"ContinuationToken": token} if token else {})}
-        root = ET.fromstring(_signed_get(s3, "list_objects_v2", params))
+        query = {"list-type": "2", "prefix": f"{folder}/", **({"continuation-token": token} if token else {})}
+        root = ET.fromstring(reader.get(bucket, query=query, operation="ListObjectsV2"))
         calls += 1
         for item in root.iter(_S3_NS + "Contents"):
             keys.append((_tag(item, "Key").text, int(_tag(item, "Size").text)))
@@ -305,11 +454,14 @@ def _list_prefix(s3, bucket: str, prefix: str) -> tuple[str, int] | None:
 
 
 def locate_pdfs(s3, bucket: str, letters: list[Letter], workers: int = DEFAULT_WORKERS,
-                folder_listing_min: int = FOLDER_LISTING_MIN_LETTERS
+                folder_listing_min: int = FOLDER_LISTING_MIN_LETTERS, reader: S3Reader | None = None
                 ) -> tuple[dict[uuid.UUID, tuple[str, int]], list[uuid.UUID], list[uuid.UUID], int]:
     """Map each letter to (key, size) of the first object under its rule-3 prefix.
 
     Returns (located, missing ids, error ids, S3 list calls). Raises if S3 is unreachable."""
+    if reader is None:
+        with S3Reader(s3) as own:
+            return locate_pdfs(s3, bucket, letters, workers, folder_listing_min, reader=own)
     by_folder: dict[str, list[Letter]] = defaultdict(list)
     for letter in letters:
         by_folder[letter_pdf_folder(letter.created_at).isoformat()].append(letter)
@@ -322,7 +474,7 @@ def locate_pdfs(s3, bucket: str, letters: list[Letter], workers: int = DEFAULT_W
         letter_jobs = {}
         for folder, group in by_folder.items():
             if len(group) >= folder_listing_min:
-                folder_jobs[pool.submit(_list_folder, s3, bucket, folder)] = group
+                folder_jobs[pool.submit(_list_folder, reader, bucket, folder)] = group
             else:
                 for letter in group:
                     letter_jobs[pool.submit(_list_prefix, s3, bucket, pdf_prefix(letter.reference, letter.created_at))] = letter
@@ -356,43 +508,57 @@ def locate_pdfs(s3, bucket: str, letters: list[Letter], workers: int = DEFAULT_W
     return located, missing, errors, calls
 
 
-def _fetch_one(s3, bucket: str, key: str, path: Path) -> tuple[int, str, bool]:
-    """Download to `path`; returns (size, sha256, looks like a PDF)."""
-    body = _signed_get(s3, "get_object", {"Bucket": bucket, "Key": key})
-    path.write_bytes(body)
-    return len(body), hashlib.sha256(body).hexdigest(), body.startswith(b"%PDF")
+FETCH_CHUNK = 200  # letters per fetch task: one connection at a time, one spool file
+
+
+def _fetch_chunk(reader: S3Reader, bucket: str, chunk: list[tuple[Letter, str]], spool: Path
+                 ) -> list[tuple[Letter, str, int, str, bool, int] | tuple[Letter, ClientError]]:
+    """GET each PDF of the chunk and append its bytes to the chunk's spool file. Returns, per letter,
+    (letter, key, size, sha256, looks like a PDF, offset in the spool) or (letter, S3's refusal)."""
+    out = []
+    with spool.open("wb") as sink:
+        for letter, key in chunk:
+            try:
+                body = reader.get(bucket, key)
+            except ClientError as error:
+                out.append((letter, error))
+                continue
+            out.append((letter, key, len(body), hashlib.sha256(body).hexdigest(), body.startswith(b"%PDF"),
+                        sink.tell()))
+            sink.write(body)
+    return out
 
 
 def gather_pdfs(s3, bucket: str, letters: list[Letter], workdir: Path, workers: int = DEFAULT_WORKERS,
                 folder_listing_min: int = FOLDER_LISTING_MIN_LETTERS) -> GatherResult:
-    """Locate, fetch and check every letter's PDF. Letters keep their selection order."""
+    """Locate, fetch and check every letter's PDF. Letters keep their selection order. The bytes go to
+    spool files in `workdir` (one per chunk of letters), never held in memory all at once."""
     result = GatherResult()
-    started = time.perf_counter()
-    located, result.missing, result.errors, result.list_calls = locate_pdfs(
-        s3, bucket, letters, workers, folder_listing_min)
-    result.lookup_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    # GETs go through the urllib3 pool (32 connections), not botocore's 10: they can run 3× wider.
-    with cf.ThreadPoolExecutor(max_workers=workers * 3, thread_name_prefix="letters-fetch") as pool:
-        jobs = []
-        for letter in letters:
-            hit = located.get(letter.id)
-            if hit is None:
-                continue
-            key, _ = hit
-            path = workdir / f"{letter.id}.pdf"
-            jobs.append((letter, key, path, pool.submit(_fetch_one, s3, bucket, key, path)))
-        for letter, key, path, future in jobs:
-            try:
-                size, digest, is_pdf = future.result()
-            except ClientError as error:
-                (result.missing if _is_missing(error) else result.errors).append(letter.id)
-                continue
-            if size == 0 or not is_pdf:
-                result.invalid.append(letter.id)
-                continue
-            result.found.append(FoundPdf(letter, key, size, digest, path))
-    result.fetch_seconds = time.perf_counter() - started
+    with S3Reader(s3) as reader:
+        started = time.perf_counter()
+        located, result.missing, result.errors, result.list_calls = locate_pdfs(
+            s3, bucket, letters, workers, folder_listing_min, reader=reader)
+        result.lookup_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        wanted = [(letter, located[letter.id][0]) for letter in letters if letter.id in located]
+        chunks = [wanted[i:i + FETCH_CHUNK] for i in range(0, len(wanted), FETCH_CHUNK)]
+        spools = [workdir / f"fetched-{n:06}.bin" for n in range(len(chunks))]
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="letters-fetch")
+        try:
+            for spool, fetched in zip(spools, pool.map(_fetch_chunk, repeat(reader), repeat(bucket), chunks, spools)):
+                for outcome in fetched:
+                    if len(outcome) == 2:
+                        letter, error = outcome
+                        (result.missing if _is_missing(error) else result.errors).append(letter.id)
+                        continue
+                    letter, key, size, digest, is_pdf, offset = outcome
+                    if size == 0 or not is_pdf:
+                        result.invalid.append(letter.id)
+                        continue
+                    result.found.append(FoundPdf(letter, key, size, digest, spool, offset))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # S3 unreachable: stop the queued chunks
+        result.fetch_seconds = time.perf_counter() - started
     return result
 
 
@@ -488,18 +654,34 @@ def plan_batches(conn: sa.Connection, print_date: date, found: list[FoundPdf],
             for batch in planned:
                 for item in batch.items:
                     copy.write_row((batch.id, item.letter.id, item.key, item.size))
+    if sum(len(b.items) for b in planned) >= ANALYZE_AFTER_ITEMS:
+        # Fresh statistics, so that step 3's lookups by batch_id use its index rather than a scan of
+        # every item (a freshly filled table otherwise still looks empty to the planner).
+        conn.execute(sa.text("ANALYZE letter_batch_items"))
+        conn.commit()
     return planned
 
 
-def build_zip(batch: PlannedBatch, path: Path) -> None:
-    """PDFs at the zip root, stored, with fixed timestamps (same batch → same bytes)."""
+def build_zip(batch: PlannedBatch, out) -> None:
+    """Write the batch's zip to the binary file `out`: PDFs at the zip root, stored, with fixed
+    timestamps (same batch → same bytes). Each PDF is read once from its spool file."""
     stamp = (batch.print_date.year, batch.print_date.month, batch.print_date.day, 0, 0, 0)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for item in batch.items:
-            info = zipfile.ZipInfo(item.key.rsplit("/", 1)[-1], date_time=stamp)
-            info.compress_type = zipfile.ZIP_STORED
-            with archive.open(info, "w", force_zip64=item.size > 2**31) as entry, item.path.open("rb") as source:
-                shutil.copyfileobj(source, entry, 1 << 20)
+    spools: dict[Path, int] = {}
+    try:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for item in batch.items:
+                fd = spools.get(item.path)
+                if fd is None:
+                    fd = spools[item.path] = os.open(item.path, os.O_RDONLY)
+                body = os.pread(fd, item.size, item.offset)
+                if len(body) != item.size:
+                    raise OSError(f"spool file {item.path} ends before the PDF of {item.letter.id}")
+                info = zipfile.ZipInfo(item.key.rsplit("/", 1)[-1], date_time=stamp)
+                info.compress_type = zipfile.ZIP_STORED
+                archive.writestr(info, body)
+    finally:
+        for fd in spools.values():
+            os.close(fd)
 
 
 def build_manifest(batch: PlannedBatch) -> bytes:
@@ -521,28 +703,29 @@ def upload_batch(s3, bucket: str, batch: PlannedBatch, workdir: Path) -> str:
     """Step 2: manifest first, zip last — the zip's presence is what marks the upload complete."""
     s3.put_object(Bucket=bucket, Key=manifest_key(batch.print_date, batch.zip_name), Body=build_manifest(batch),
                   ContentType="application/json", ServerSideEncryption=SSE)
-    path = workdir / f"{batch.id}.zip"
-    build_zip(batch, path)
     key = zip_key(batch.print_date, batch.zip_name)
-    with path.open("rb") as body:
+    # A batch within the 40 MiB bound is built in memory; a lone oversized PDF's zip goes through a file.
+    with (io.BytesIO() if batch.total_bytes <= MAX_BATCH_BYTES else tempfile.TemporaryFile(dir=workdir)) as body:
+        build_zip(batch, body)
+        body.seek(0)
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/zip", ServerSideEncryption=SSE)
-    path.unlink()
     if os.environ.get(FAULT_ENV) == "kill_after_upload":
         os.kill(os.getpid(), signal.SIGKILL)  # test hook: die between upload and status update
     return key
 
 
-def complete_batch(conn: sa.Connection, batch_id: uuid.UUID) -> int:
-    """Step 3, one transaction: batch `uploaded`, its still-`created` letters `sending`."""
+def complete_batches(conn: sa.Connection, batch_ids: list[uuid.UUID]) -> int:
+    """Step 3 for batches whose zips are in S3, in one transaction: the batches `uploaded`, their
+    still-`created` letters `sending`. Returns the letters moved to `sending`."""
     with conn.begin():
         conn.execute(sa.text("""
             UPDATE letter_batches SET state = :uploaded, uploaded_at = now()
-            WHERE id = :id AND state = :planned"""),
-            {"id": batch_id, "uploaded": int(LetterBatchState.UPLOADED), "planned": int(LetterBatchState.PLANNED)})
+            WHERE id = ANY(:ids) AND state = :planned"""),
+            {"ids": batch_ids, "uploaded": int(LetterBatchState.UPLOADED), "planned": int(LetterBatchState.PLANNED)})
         updated = conn.execute(sa.text("""
             UPDATE notifications SET notification_status = 'sending', sent_by = 'dvla', sent_at = now(), updated_at = now()
-            WHERE id IN (SELECT notification_id FROM letter_batch_items WHERE batch_id = :id)
-              AND notification_status = 'created'"""), {"id": batch_id}).rowcount
+            WHERE id IN (SELECT notification_id FROM letter_batch_items WHERE batch_id = ANY(:ids))
+              AND notification_status = 'created'"""), {"ids": batch_ids}).rowcount
     return updated
 
 
@@ -567,7 +750,6 @@ def resolve_leftover_batches(conn: sa.Connection, s3, bucket: str) -> tuple[list
     finished, discarded = [], []
     for batch_id, day, name in leftovers:
         if _object_exists(s3, bucket, zip_key(day, name)):
-            complete_batch(conn, batch_id)
             finished.append(batch_id)
         else:
             s3.delete_object(Bucket=bucket, Key=manifest_key(day, name))  # no error if absent
@@ -575,6 +757,8 @@ def resolve_leftover_batches(conn: sa.Connection, s3, bucket: str) -> tuple[list
                 conn.execute(sa.text("DELETE FROM letter_batches WHERE id = :id AND state = :planned"),
                              {"id": batch_id, "planned": int(LetterBatchState.PLANNED)})
             discarded.append(batch_id)
+    if finished:
+        complete_batches(conn, finished)
     return finished, discarded
 
 
@@ -678,19 +862,28 @@ def collate_letters(conn: sa.Connection, s3, buckets: Buckets, day: date, now: d
 
         clock = time.perf_counter()
         failure: BaseException | None = None
-        with cf.ThreadPoolExecutor(max_workers=max(1, min(workers, 4)), thread_name_prefix="letters-upload") as pool:
-            futures = {pool.submit(upload_batch, batches_s3, buckets.letter_batches, b, workdir): b
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(workers, UPLOAD_WORKERS)),
+                                   thread_name_prefix="letters-upload") as pool:
+            pending = {pool.submit(upload_batch, batches_s3, buckets.letter_batches, b, workdir): b
                        for b in result.batches}
-            for future in cf.as_completed(futures):
-                try:
-                    key = future.result()
-                except BaseException as error:  # keep completing the batches that did upload
-                    failure = failure or error
-                    for other in futures:
-                        other.cancel()
-                    continue
-                result.letters_sending += complete_batch(conn, futures[future].id)
-                result.zip_keys.append(key)
+            while pending:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                uploaded = []
+                for future in done:
+                    batch = pending.pop(future)
+                    if future.cancelled():
+                        continue
+                    try:
+                        key = future.result()
+                    except BaseException as error:  # keep completing the batches that did upload
+                        failure = failure or error
+                        for other in pending:
+                            other.cancel()
+                        continue
+                    uploaded.append(batch.id)
+                    result.zip_keys.append(key)
+                if uploaded:  # step 3 for every zip that went up since the last round, in one transaction
+                    result.letters_sending += complete_batches(conn, uploaded)
         result.seconds["upload"] = time.perf_counter() - clock
         if failure is not None:
             raise RuntimeError(
