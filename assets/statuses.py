@@ -92,7 +92,8 @@ def scope_passes(scope: StatusScope, params: dict[str, Any],
                  batch_size: int = dt.DEFAULT_BATCH_SIZE) -> list[tuple[dt.BatchSource, dict]]:
     """(batch source, extra params) for each pass a scope needs; batches are of patients."""
     if scope.all:
-        programme = {k: params[k] for k in ("programme_id", "academic_year")}
+        born_from, born_to = q.eligible_birth_years(params["programme_type"], params["academic_year"])
+        programme = {"programme_id": params["programme_id"], "born_from": born_from, "born_to": born_to}
         return [(dt.keyset_batches(q.PROGRAMME_PATIENTS_SQL, programme, batch_size), {})]
     passes = []
     if scope.patient_ids:
@@ -125,7 +126,10 @@ def refresh_statuses(
     """Seed, recompute and write back the status tables of one programme over `scope`."""
     tables = tables_named(table_names)
     result = dt.RefreshResult(tables={t.name: dt.RefreshCounts() for t in tables})
-    passes = scope_passes(scope, base_params(programme_id, today), batch_size)
+    programme_type = conn.execute(sa.text("SELECT type FROM programmes WHERE id = :id"),
+                                  {"id": programme_id}).scalar_one()
+    conn.commit()  # each batch below is its own transaction
+    passes = scope_passes(scope, {**base_params(programme_id, today), "programme_type": programme_type}, batch_size)
     if not passes:
         if finalize is not None:
             with conn.begin():

@@ -18,6 +18,14 @@ from orchestration.patterns.derived_table import BatchFacts, DerivedTable
 # app/models/programme.rb: eligible year groups per programme type.
 PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
 
+
+
+def eligible_birth_years(programme_type: str, academic_year: int) -> tuple[int, int]:
+    """The `birth_academic_year`s whose year group (academic_year − birth_academic_year − 5) is eligible."""
+    lowest, highest = PROGRAMME_YEAR_GROUPS[programme_type]
+    return academic_year - 5 - highest, academic_year - 5 - lowest
+
+
 _YEAR_GROUPS_VALUES = ", ".join(f"('{t}', {lo}, {hi})" for t, (lo, hi) in PROGRAMME_YEAR_GROUPS.items())
 
 
@@ -229,16 +237,22 @@ programme_done AS (
 
 
 # Facts several tables read, materialised once per batch (temp tables of these names), in this order.
-ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible")
-PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts")
+ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible",
+                            ("patient_id", "programme_id"))
+PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts",
+                           ("patient_id",))
 LATEST_SESSION_RECORD_FACTS = BatchFacts(
     "latest_session_record",
-    f"WITH {PATIENT_INPUTS_CTES}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record")
-TODAYS_ATTENDANCE_FACTS = BatchFacts("todays_attendance", f"WITH {TODAYS_ATTENDANCE_CTE} SELECT * FROM todays_attendance")
+    f"WITH {PATIENT_INPUTS_CTES}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record",
+    ("patient_id", "session_id"))
+TODAYS_ATTENDANCE_FACTS = BatchFacts("todays_attendance", f"WITH {TODAYS_ATTENDANCE_CTE} SELECT * FROM todays_attendance",
+                                     ("patient_session_id",))
 # These two read the batch facts `eligible` / `patient_session_programmes`, so come after them.
 PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
-    "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes")
-PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} SELECT * FROM programme_done")
+    "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes",
+    ("patient_session_id", "programme_id", "patient_id"))
+PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} SELECT * FROM programme_done",
+                                  ("patient_session_id",))
 
 PROGRAMME = "CAST(:programme_id AS bigint)"
 
@@ -321,20 +335,15 @@ ALL_PATIENTS_SQL = """
 # A programme's full refresh: patients eligible today, plus those holding rows for it (rows no longer
 # expected are still recomputed). A registration row always comes with a session row of the
 # partition that seeded it, so it is reached through that partition.
-PROGRAMME_PATIENTS_SQL = f"""
-    WITH year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
-    programme_year_groups AS (
-        SELECT yg.min_year_group, yg.max_year_group FROM programmes AS pr JOIN year_groups AS yg ON yg.type = pr.type
-        WHERE pr.id = CAST(:programme_id AS bigint)
-    )
+PROGRAMME_PATIENTS_SQL = """
     -- A union of three keyset-ordered index scans (each the next :limit ids of its kind), rather than
     -- per-patient EXISTS tests that Postgres answers by hashing both status tables on every batch.
+    -- The eligible birth years are bound values (see eligible_birth_years), so the planner knows most
+    -- patients match and walks the primary key from :after instead of sorting the whole table.
     SELECT id FROM (
         (SELECT pt.id FROM patients AS pt
          WHERE (CAST(:after AS bigint) IS NULL OR pt.id > CAST(:after AS bigint))
-           AND CAST(:academic_year AS int) - pt.birth_academic_year - 5
-               BETWEEN (SELECT min_year_group FROM programme_year_groups)
-                   AND (SELECT max_year_group FROM programme_year_groups)
+           AND pt.birth_academic_year BETWEEN CAST(:born_from AS int) AND CAST(:born_to AS int)
          ORDER BY pt.id LIMIT :limit)
         UNION
         (SELECT s.patient_id FROM patient_consent_statuses AS s

@@ -62,6 +62,9 @@ class BatchFacts:
 
     name: str
     sql: str
+    # Columns the statements join or filter on: the only ones worth planner statistics (ANALYZE of
+    # every column of every fact, every batch, cost as much as some of the writes).
+    analyze_columns: tuple[str, ...] = ()
 
     @property
     def create_statement(self) -> sa.TextClause:
@@ -69,7 +72,8 @@ class BatchFacts:
 
     @property
     def analyze_statement(self) -> sa.TextClause:
-        return sa.text(f"ANALYZE {self.name}")
+        columns = f" ({', '.join(self.analyze_columns)})" if self.analyze_columns else ""
+        return sa.text(f"ANALYZE {self.name}{columns}")
 
 
 @dataclass(frozen=True)
