@@ -302,25 +302,28 @@ class _Connection:
 
 class S3Reader:
     """GETs from the endpoint of the boto3 client `s3`, SigV4-signed in the `Authorization` header
-    (path-style addressing; signed headers host, x-amz-content-sha256, x-amz-date), on a pool of kept-alive
-    connections shared by the threads. Credentials: the project's settings, else boto3's default chain,
-    as for every client of this project. Connection failures raise `EndpointConnectionError` (S3
-    unreachable: the run fails); S3 errors raise `ClientError` with S3's code."""
+    (path-style addressing; signed headers host, x-amz-content-sha256, x-amz-date), on a pool of
+    kept-alive connections shared by the threads. Credentials (botocore `Credentials`): by default the
+    project's settings, else boto3's default chain, as for every client of this project. Connection
+    failures raise `EndpointConnectionError` (S3 unreachable: the run fails); S3's refusals raise
+    `ClientError` with S3's code."""
 
-    def __init__(self, s3):
+    def __init__(self, s3, credentials=None):
         url = urllib.parse.urlsplit(s3.meta.endpoint_url)
         self.endpoint = s3.meta.endpoint_url
         self._scheme, self._host = url.scheme, url.hostname
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._netloc, self._base = url.netloc, url.path.rstrip("/")
         self._region = s3.meta.region_name or "us-east-1"
-        settings = get_settings()
-        import boto3
+        if credentials is None:
+            import boto3
 
-        self._credentials = boto3.session.Session(
-            aws_access_key_id=settings.aws_access_key_id, aws_secret_access_key=settings.aws_secret_access_key,
-        ).get_credentials()
-        if self._credentials is None:
+            settings = get_settings()
+            credentials = boto3.session.Session(
+                aws_access_key_id=settings.aws_access_key_id, aws_secret_access_key=settings.aws_secret_access_key,
+            ).get_credentials()
+        self._credentials = credentials
+        if credentials is None:
             raise NoCredentialsError()
         self._signing_keys: dict[tuple[str, str], bytes] = {}
         self._idle: list[_Connection] = []

@@ -1,12 +1,15 @@
 """Letter batches (domain.md §4): deadline, selection, lookup, grouping, naming, commit protocol, faults."""
 
 import base64
+import concurrent.futures as cf
 import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 import zipfile
 from datetime import date, datetime, timedelta, timezone
@@ -16,6 +19,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from assets import letters as L
 from orchestration.clock import LONDON, letter_deadline, letter_pdf_folder, print_date
@@ -356,6 +360,138 @@ def test_collation_end_to_end_and_idempotent_rerun(conn, s3, settings):
 def test_a_future_print_day_is_refused(conn, s3, settings):
     with pytest.raises(ValueError, match="not collatable yet"):
         collate(conn, s3, settings, day=PRINT_DAY, now=london(2026, 11, 20, 17, 29))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule 3 at volume: the S3 reader (SigV4, kept-alive connections), zips equal to the PDFs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_s3_reader_signs_as_botocore_does(monkeypatch):
+    """The reader's SigV4 header signature equals botocore's for the same request and instant
+    (with a session token, a query string and a key that needs escaping)."""
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    at = datetime(2026, 11, 20, 17, 50, 7, tzinfo=UTC)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: at.replace(tzinfo=None))
+    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9/base", region_name="eu-west-2",
+                          aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
+    for token in (None, "session+token/="):
+        credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+        reader = L.S3Reader(client, credentials=credentials)
+        for key, query in [("2026-11-20/NOTIFY.ABC.D.2.C.20261120090000.PDF", None),
+                           ("odd folder/a+b=c~d é.PDF", None),
+                           ("", {"list-type": "2", "prefix": "2026-11-20/", "continuation-token": "a b/c=="})]:
+            head = reader.signed_head("my-bucket", key, query, at=at.timestamp()).decode()
+            request_line, *header_lines = head.split("\r\n")[:-2]
+            mine = dict(line.split(": ", 1) for line in header_lines)
+            target = request_line.split(" ")[1]
+            theirs = AWSRequest(method="GET", url=f"http://127.0.0.1:9{target}",
+                                headers={"x-amz-content-sha256": L.EMPTY_SHA256})
+            botocore.auth.S3SigV4Auth(credentials, "s3", "eu-west-2").add_auth(theirs)
+            assert mine["authorization"] == theirs.headers["Authorization"], (key, query, token)
+            assert mine["x-amz-date"] == theirs.headers["X-Amz-Date"] == "20261120T175007Z"
+            assert target.startswith("/base/my-bucket")
+
+
+def test_s3_reader_against_the_real_endpoint(s3, settings):
+    bucket = settings.buckets.letters_pdf
+    bodies = {"2026-11-20/NOTIFY.A.PDF": b"%PDF-1.7\r\n\r\nHTTP/1.1 200 OK\r\n" + bytes(range(256)) * 3,
+              "2026-11-20/NOTIFY.BIG.PDF": b"%PDF-1.7 " + os.urandom(300_000),
+              "2026-11-20/odd name +=~é.PDF": b"%PDF odd",
+              "2026-11-20/NOTIFY.EMPTY.PDF": b""}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="AES256")
+    with L.S3Reader(s3) as reader:
+        for _ in range(2):  # the second round reuses the kept-alive connection
+            assert {key: reader.get(bucket, key) for key in bodies} == bodies
+        with pytest.raises(ClientError) as missing:
+            reader.get(bucket, "2026-11-20/NOTIFY.NONE.PDF")
+        assert L._is_missing(missing.value)
+        # The server dropping an idle kept-alive connection: the next GET goes out on a new one.
+        for connection in reader._idle:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        assert reader.get(bucket, "2026-11-20/NOTIFY.A.PDF") == bodies["2026-11-20/NOTIFY.A.PDF"]
+    from botocore.credentials import Credentials
+
+    with L.S3Reader(s3, credentials=Credentials(settings.aws_access_key_id, "not-the-secret")) as wrong:
+        with pytest.raises(ClientError) as refused:
+            wrong.get(bucket, "2026-11-20/NOTIFY.A.PDF")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403 and not L._is_missing(refused.value)
+
+
+def test_folder_listing_follows_continuation_pages(s3, settings):
+    bucket = settings.buckets.letters_pdf
+    keys = [f"2026-11-20/NOTIFY.K{i:05}.PDF" for i in range(1_005)]
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF"), keys))
+    s3.put_object(Bucket=bucket, Key="2026-11-21/NOTIFY.OTHER.PDF", Body=b"%PDF")
+    with L.S3Reader(s3) as reader:
+        listing, calls = L._list_folder(reader, bucket, "2026-11-20")
+    assert calls == 2 and listing == [(key, 4) for key in keys]
+
+
+def _serve_once(responses: list[bytes]) -> int:
+    """A one-connection TCP server that answers each request it reads with the next canned response."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as requests:
+            for response in responses:
+                while requests.readline() not in (b"\r\n", b""):
+                    pass
+                connection.sendall(response)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_http_responses_chunked_interim_and_close():
+    """The reader's HTTP/1.1 parsing of forms an S3-compatible server may use (SeaweedFS sends
+    Content-Length): chunked bodies with extensions and trailers, a 100 interim response, close."""
+    port = _serve_once([
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n%PDF\r\n3\r\n-1.\r\n0\r\nX-Trailer: t\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\n<x/>\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    ])
+    connection = L._Connection("http", "127.0.0.1", port)
+    assert connection.get(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"%PDF-1.", True)
+    assert connection.get(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n") == (404, b"<x/>\n", True)
+    assert connection.get(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"ok", False)
+    connection.close()
+
+
+def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
+    """Across several spool files (chunks of 3 letters) and batches (limit 4 letters), every zip entry
+    is the PDF's exact bytes and every manifest line carries the right size and sha256."""
+    monkeypatch.setattr(L, "FETCH_CHUNK", 3)
+    service = add_service(conn)
+    bodies = {}
+    for i in range(11):
+        letter = add_letter(conn, service, london(2026, 11, 20, 10, i))
+        body = b"%PDF-1.7 " + os.urandom([10, 70_000, 1][i % 3] + i)
+        bodies[put_pdf(s3, settings, letter, body)] = (letter["id"], body)
+    result = collate(conn, s3, settings, max_letters=4, folder_listing_min=2)
+    assert len(result.batches) == 3 and result.letters_sending == 11
+    seen = set()
+    for batch in batches(conn):
+        day, bucket = batch["print_date"], settings.buckets.letter_batches
+        archive = zipfile.ZipFile(io.BytesIO(s3.get_object(Bucket=bucket, Key=L.zip_key(day, batch["zip_name"]))["Body"].read()))
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=L.manifest_key(day, batch["zip_name"]))["Body"].read())
+        assert archive.testzip() is None
+        assert len(archive.infolist()) == len(manifest["letters"]) == batch["letter_count"]
+        for entry in manifest["letters"]:
+            notification_id, body = bodies[entry["pdf_key"]]
+            assert entry == {"notification_id": str(notification_id), "pdf_key": entry["pdf_key"],
+                             "size_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            assert archive.read(entry["pdf_key"].split("/")[1]) == body
+            seen.add(entry["pdf_key"])
+        assert manifest["total_bytes"] == batch["total_bytes"] == sum(e["size_bytes"] for e in manifest["letters"])
+    assert seen == set(bodies)
 
 
 # ---------------------------------------------------------------------------------------------
