@@ -46,6 +46,10 @@ def _age(dob: str, day: str) -> str:
             f"- extract(year FROM {dob})::int))::date THEN 1 ELSE 0 END)")
 
 
+# Given at age 10 or over: on or after the 10th birthday (the same 29 February rule as `_age`, as
+# Postgres adds whole years the same way), a comparison instead of computing the age of every record.
+_TEN_OR_OVER = "r.performed_on >= (pt.date_of_birth + interval '10 years')::date"
+
 # Programmes each patient of the batch is eligible for (by year group today).
 ELIGIBLE_CTE = f"""
 year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
@@ -73,10 +77,11 @@ PATIENT_INPUTS_CTES = f"""
 programme AS (SELECT id, type FROM programmes WHERE id = CAST(:programme_id AS bigint)),
 named_consents AS (
     SELECT c.id, c.patient_id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at,
-           CASE WHEN c.route = 4 THEN pt.given_name || ' ' || pt.family_name
+           -- Only self-consents need the patient's name: a lookup for those rows, not a join for all.
+           CASE WHEN c.route = 4 THEN (SELECT pt.given_name || ' ' || pt.family_name FROM patients AS pt
+                                      WHERE pt.id = c.patient_id)
                 ELSE coalesce(pa.full_name, 'Parent or guardian (name unknown)') END AS respondent
     FROM consents AS c
-    JOIN patients AS pt ON pt.id = c.patient_id
     LEFT JOIN parents AS pa ON pa.id = c.parent_id
     WHERE {in_batch('c.patient_id')} AND c.programme_id = CAST(:programme_id AS bigint)
       AND c.invalidated_at IS NULL AND c.response <> 2
@@ -125,9 +130,8 @@ latest_triage AS MATERIALIZED (
 ),
 kept_records AS (
     SELECT vr.id, vr.patient_id, vr.session_id, vr.outcome, vr.performed_at, vr.dose_sequence,
-           {_age('pt.date_of_birth', "(vr.performed_at AT TIME ZONE 'Europe/London')::date")} AS age
+           (vr.performed_at AT TIME ZONE 'Europe/London')::date AS performed_on
     FROM vaccination_records AS vr
-    JOIN patients AS pt ON pt.id = vr.patient_id
     WHERE {in_batch('vr.patient_id')} AND vr.programme_id = CAST(:programme_id AS bigint)
       AND vr.discarded_at IS NULL
 ),
@@ -135,12 +139,12 @@ vaccinated AS MATERIALIZED (
     SELECT r.patient_id,
            bool_or(r.outcome = 0) AS any_administered,
            bool_or(r.outcome = 4) OR CASE p.type
-               WHEN 'menacwy' THEN coalesce(bool_or(r.outcome = 0 AND r.age >= 10), false)
-               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND r.age >= 10 AND (r.dose_sequence = 5
+               WHEN 'menacwy' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER}), false)
+               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER} AND (r.dose_sequence = 5
                                      OR (r.dose_sequence IS NULL AND r.session_id IS NOT NULL))), false)
                ELSE bool_or(r.outcome = 0)
            END AS vaccinated
-    FROM kept_records AS r CROSS JOIN programme AS p
+    FROM kept_records AS r JOIN patients AS pt ON pt.id = r.patient_id CROSS JOIN programme AS p
     GROUP BY r.patient_id, p.type
 )"""
 
@@ -223,15 +227,16 @@ latest_session_record AS (
 
 # Per patient_session of the batch: how many of its programmes it has, and how many have a record there
 # (reads the batch fact patient_session_programmes).
-PROGRAMME_DONE_CTE = """
+PROGRAMME_DONE_CTE = f"""
 programme_done AS (
     SELECT psp.patient_session_id,
            count(*) AS n_programmes,
-           count(*) FILTER (WHERE EXISTS (
-               SELECT 1 FROM vaccination_records AS vr
-               WHERE vr.patient_id = psp.patient_id AND vr.programme_id = psp.programme_id
-                 AND vr.session_id = psp.session_id AND vr.discarded_at IS NULL)) AS n_recorded
+           count(r.patient_id) AS n_recorded
     FROM patient_session_programmes AS psp
+    LEFT JOIN (
+        SELECT DISTINCT vr.patient_id, vr.programme_id, vr.session_id FROM vaccination_records AS vr
+        WHERE {in_batch('vr.patient_id')} AND vr.session_id IS NOT NULL AND vr.discarded_at IS NULL
+    ) AS r ON r.patient_id = psp.patient_id AND r.programme_id = psp.programme_id AND r.session_id = psp.session_id
     GROUP BY psp.patient_session_id
 )"""
 
@@ -382,8 +387,9 @@ EXPLAIN_INPUTS = {
         ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
     "kept vaccination records": f"""
         WITH {PATIENT_INPUTS_CTES}
-        SELECT id AS record_id, session_id, outcome, performed_at, dose_sequence, age AS age_when_given
-        FROM kept_records ORDER BY performed_at, id""",
+        SELECT r.id AS record_id, r.session_id, r.outcome, r.performed_at, r.dose_sequence,
+               {_age('pt.date_of_birth', 'r.performed_on')} AS age_when_given
+        FROM kept_records AS r JOIN patients AS pt ON pt.id = r.patient_id ORDER BY r.performed_at, r.id""",
     "vaccinated": f"""
         WITH {PATIENT_INPUTS_CTES}
         SELECT vaccinated, any_administered FROM vaccinated""",

@@ -108,6 +108,11 @@ def self_changed_mind(w, p, ps):
     w.consent(p, "hpv", "refused", route="self_consent", submitted=2)
 
 
+def born_on_leap_day(w, p, ps):
+    # Still year 10 (born in academic year 2011/12); the 10th birthday falls in 2022, not a leap year.
+    w.conn.execute(sa.text("UPDATE patients SET date_of_birth = DATE '2012-02-29' WHERE id = :p"), {"p": p})
+
+
 # performed 2021-09-30 23:30 UTC = 1 October 2021 in London: the 10th birthday of a child born 1 Oct 2011.
 LONDON_TENTH_BIRTHDAY = datetime(2021, 9, 30, 23, 30, tzinfo=timezone.utc)
 UTC_DAY_BEFORE = datetime(2021, 9, 30, 22, 30, tzinfo=timezone.utc)  # 23:30 London, still 30 September
@@ -183,6 +188,14 @@ CASES = [
     Case("vaccinated: menacwy at 9 does not count",
          record("administered", programme="menacwy", performed=UTC_DAY_BEFORE), programme="menacwy",
          vaccination=V.NONE_YET, triage=T.NOT_REQUIRED),
+    Case("vaccinated: menacwy on 28 Feb, the 10th birthday of a 29 Feb birth (leap day counts as 28 Feb)",
+         chain(born_on_leap_day, record("administered", programme="menacwy",
+                                        performed=datetime(2022, 2, 28, 9, tzinfo=timezone.utc))),
+         programme="menacwy", vaccination=V.VACCINATED),
+    Case("vaccinated: menacwy on 27 Feb before a 29 Feb 10th birthday does not count",
+         chain(born_on_leap_day, record("administered", programme="menacwy",
+                                        performed=datetime(2022, 2, 27, 9, tzinfo=timezone.utc))),
+         programme="menacwy", vaccination=V.NONE_YET),
     Case("vaccinated: td_ipv dose 5 at 10+", record("administered", programme="td_ipv", dose_sequence=5,
                                                     session_id=None), programme="td_ipv",
          vaccination=V.VACCINATED),

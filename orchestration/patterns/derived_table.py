@@ -54,6 +54,10 @@ import sqlalchemy as sa
 
 DEFAULT_BATCH_SIZE = 10_000
 BATCH_TABLE = "batch_ids"
+# Each batch transaction: the refresh lock, and no parallel workers (a batch's queries touch ~10,000
+# rows; starting workers costs more than it saves, and a loaded machine makes them wait). SET LOCAL
+# semantics (set_config(…, true)) keep it PgBouncer-safe.
+BEGIN_BATCH = sa.text("SELECT pg_advisory_xact_lock(:key), set_config('max_parallel_workers_per_gather', '0', true)")
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,7 @@ def refresh(
     done = False
     while not done:
         with conn.begin():
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+            conn.execute(BEGIN_BATCH, {"key": lock_key})
             batch = batches.fill(conn, after)
             if batch.count:
                 batch_params = {**params, **batch.params}
@@ -317,6 +321,7 @@ def _read_batch(conn: sa.Connection, tables: Sequence[DerivedTable], batches: Ba
                 found: dict[str, list[dict]]) -> Batch:
     """One batch of a check: fill `batch_ids`, build the facts, run `statement` of each table."""
     with read_transaction(conn):
+        conn.execute(sa.text("SELECT set_config('max_parallel_workers_per_gather', '0', true)"))
         batch = batches.fill(conn, after)
         if batch.count:
             batch_params = {**params, **batch.params}
