@@ -100,7 +100,6 @@ POSTAGE_CODES = {"first": "1", "second": "2", "economy": "ECONOMY", "europe": "E
 MAX_BATCH_LETTERS = 500
 MAX_BATCH_BYTES = 40 * 1024 * 1024
 DEFAULT_WORKERS = 10  # botocore's default connection pool holds 10; more threads only queue
-ANALYZE_AFTER_ITEMS = 1_000  # items planned in one run above which their table's statistics are refreshed
 UPLOAD_WORKERS = 4  # zips built and put at once (each ≤ 40 MiB in memory)
 FOLDER_LISTING_MIN_LETTERS = 20  # below this, one prefix listing per letter is cheaper than the folder
 COLLATION_LOCK = 0x4C455454  # "LETT": pg_advisory_xact_lock key of the planning transaction
@@ -657,11 +656,6 @@ def plan_batches(conn: sa.Connection, print_date: date, found: list[FoundPdf],
             for batch in planned:
                 for item in batch.items:
                     copy.write_row((batch.id, item.letter.id, item.key, item.size))
-    if sum(len(b.items) for b in planned) >= ANALYZE_AFTER_ITEMS:
-        # Fresh statistics, so that step 3's lookups by batch_id use its index rather than a scan of
-        # every item (a freshly filled table otherwise still looks empty to the planner).
-        conn.execute(sa.text("ANALYZE letter_batch_items"))
-        conn.commit()
     return planned
 
 
@@ -717,18 +711,22 @@ def upload_batch(s3, bucket: str, batch: PlannedBatch, workdir: Path) -> str:
     return key
 
 
-def complete_batches(conn: sa.Connection, batch_ids: list[uuid.UUID]) -> int:
+def complete_batches(conn: sa.Connection, batch_ids: list[uuid.UUID], letter_ids: list[uuid.UUID] | None = None) -> int:
     """Step 3 for batches whose zips are in S3, in one transaction: the batches `uploaded`, their
-    still-`created` letters `sending`. Returns the letters moved to `sending`."""
+    still-`created` letters `sending`. `letter_ids`, when the caller planned the batches, are their
+    items' letters (looked up by primary key, whatever the state of the items table's statistics);
+    otherwise the items are read. Returns the letters moved to `sending`."""
+    letters = ("SELECT notification_id FROM letter_batch_items WHERE batch_id = ANY(:ids)" if letter_ids is None
+               else "SELECT unnest(CAST(:letters AS uuid[]))")
     with conn.begin():
         conn.execute(sa.text("""
             UPDATE letter_batches SET state = :uploaded, uploaded_at = now()
             WHERE id = ANY(:ids) AND state = :planned"""),
             {"ids": batch_ids, "uploaded": int(LetterBatchState.UPLOADED), "planned": int(LetterBatchState.PLANNED)})
-        updated = conn.execute(sa.text("""
+        updated = conn.execute(sa.text(f"""
             UPDATE notifications SET notification_status = 'sending', sent_by = 'dvla', sent_at = now(), updated_at = now()
-            WHERE id IN (SELECT notification_id FROM letter_batch_items WHERE batch_id = ANY(:ids))
-              AND notification_status = 'created'"""), {"ids": batch_ids}).rowcount
+            WHERE id IN ({letters}) AND notification_status = 'created'"""),
+            {"ids": batch_ids, "letters": letter_ids}).rowcount
     return updated
 
 
@@ -871,7 +869,7 @@ def collate_letters(conn: sa.Connection, s3, buckets: Buckets, day: date, now: d
                        for b in result.batches}
             while pending:
                 done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                uploaded = []
+                uploaded: list[PlannedBatch] = []
                 for future in done:
                     batch = pending.pop(future)
                     if future.cancelled():
@@ -883,10 +881,11 @@ def collate_letters(conn: sa.Connection, s3, buckets: Buckets, day: date, now: d
                         for other in pending:
                             other.cancel()
                         continue
-                    uploaded.append(batch.id)
+                    uploaded.append(batch)
                     result.zip_keys.append(key)
                 if uploaded:  # step 3 for every zip that went up since the last round, in one transaction
-                    result.letters_sending += complete_batches(conn, uploaded)
+                    result.letters_sending += complete_batches(
+                        conn, [b.id for b in uploaded], [i.letter.id for b in uploaded for i in b.items])
         result.seconds["upload"] = time.perf_counter() - clock
         if failure is not None:
             raise RuntimeError(
