@@ -118,7 +118,9 @@ class DerivedTable:
     @property
     def refresh_statement(self) -> sa.TextClause:
         # `cached` is the row's value in this statement's snapshot, and only the refresh (holding the
-        # advisory lock) writes these tables, so filtering on it lets the UPDATE touch changed rows only.
+        # advisory lock) writes these tables, so filtering on it lets the UPDATE touch changed rows only;
+        # their ids as an array make it reach them by primary key (a join would scan the whole table
+        # whenever the planner guesses many rows changed).
         cols = ", ".join(self.key_columns)
         v = self.value_column
         return sa.text(
@@ -126,7 +128,8 @@ class DerivedTable:
             f"seeded AS (INSERT INTO {self.name} ({cols}, {v}) SELECT {cols}, computed FROM rows "
             f"WHERE row_id IS NULL ON CONFLICT ({cols}) DO NOTHING RETURNING 1), "
             f"changed AS (UPDATE {self.name} AS t SET {v} = r.computed FROM rows AS r "
-            f"WHERE t.id = r.row_id AND r.cached IS DISTINCT FROM r.computed RETURNING 1) "
+            f"WHERE t.id = ANY(ARRAY(SELECT row_id FROM rows WHERE cached IS DISTINCT FROM computed)) "
+            f"AND t.id = r.row_id AND r.cached IS DISTINCT FROM r.computed RETURNING 1) "
             f"SELECT (SELECT count(*) FROM seeded) AS seeded, "
             f"(SELECT count(*) FROM rows WHERE row_id IS NOT NULL) AS computed, "
             f"(SELECT count(*) FROM changed) AS changed"
