@@ -15,6 +15,7 @@ LONDON = ZoneInfo("Europe/London")
 UTC = timezone.utc
 
 LETTER_CUTOFF = time(17, 30)  # letters created before 17:30 London go in that day's print batch
+STATUS_REFRESH_DEADLINE = time(6, 0)  # the 03:00 London full status refresh must be done by 06:00 London
 ACADEMIC_YEAR_START_MONTH = 9  # the academic year starts on 1 September
 DEFAULT_RETENTION_DAYS = 7
 
@@ -104,3 +105,8 @@ def letter_pdf_folder(created_at: datetime) -> date:
     London time was after 17:30 (strictly, as upstream's get_folder_name)."""
     local = as_utc(created_at).astimezone(LONDON)
     return local.date() + timedelta(days=1) if local.time() > LETTER_CUTOFF else local.date()
+
+
+def status_refresh_deadline(day: date) -> datetime:
+    """06:00 London on `day`, in UTC: by then that day's 03:00 full status refresh must have succeeded."""
+    return datetime.combine(day, STATUS_REFRESH_DEADLINE, tzinfo=LONDON).astimezone(UTC)

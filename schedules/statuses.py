@@ -2,7 +2,8 @@
 
 One run over the whole programme partition range; it also marks every refresh request made before
 it started. The asset retries 3 times (RetryPolicy); the assets' FreshnessPolicy (deadline 06:00
-London) makes a refresh that has not succeeded by 06:00 visible as failing freshness in the UI.
+London) makes a refresh that has not succeeded by 06:00 visible as failing freshness in the UI, and the
+`status_refresh_deadline` sensor records an alert (sensors/statuses.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from assets.statuses import status_refresh_job
 from orchestration.clock import london_date
 from orchestration.partitions import programmes_partitions
-from sensors.statuses import TRIGGER_TAG, all_programmes_tags, refresh_run_config
+from sensors.statuses import NIGHTLY_DATE_TAG, TRIGGER_TAG, all_programmes_tags, refresh_run_config
 
 
 @schedule(
@@ -32,7 +33,7 @@ def status_refresh_nightly(context: ScheduleEvaluationContext):
     return RunRequest(
         run_key=f"status_refresh_nightly:{day.isoformat()}",
         run_config=refresh_run_config("all", today=day),
-        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "nightly"},
+        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "nightly", NIGHTLY_DATE_TAG: day.isoformat()},
     )
 
 

@@ -11,6 +11,7 @@ takes the same `pg_advisory_xact_lock`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -29,16 +30,18 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.statuses import DATE_DEPENDENT_KEYS, STATUS_ASSET_KEYS, status_refresh_job
-from orchestration.clock import academic_year_start, london_today, now_utc
+from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
+from sensors.alerts import WEBHOOK_ENV, post_webhook, record_alert
 from sensors.sync_complete import SyncReaction, SyncRun
 from sensors.cursors import HighWaterCursor
 
 MAX_PROGRAMME_ROWS_PER_TICK = 2_000
 MAX_REQUESTS_PER_RUN = 10_000
 TRIGGER_TAG = "pso/trigger"
+NIGHTLY_DATE_TAG = "pso/nightly_date"  # the London date a nightly full refresh is for
 ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
@@ -280,4 +283,44 @@ def on_sync_complete(run: SyncRun) -> SyncReaction:
     return SyncReaction(run_requests=requests)
 
 
-sensors = [programme_added_sensor, day_change_sensor, status_refresh_requests_sensor]
+# --- status_refresh_deadline --------------------------------------------------------------------
+
+
+def nightly_refresh_succeeded(instance, day: date) -> bool:
+    """Whether a run of the nightly full refresh for London date `day` succeeded (a retry counts)."""
+    runs = instance.get_runs(filters=RunsFilter(job_name=status_refresh_job.name, statuses=[DagsterRunStatus.SUCCESS],
+                                                tags={NIGHTLY_DATE_TAG: day.isoformat()}), limit=1)
+    return bool(runs)
+
+
+@sensor(
+    name="status_refresh_deadline",
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Once a London day, after 06:00 London: records an alert (alerts table, log line, webhook) if "
+                "that day's 03:00 full status refresh has not succeeded (§1.8). Cursor: the last date checked.",
+)
+def status_refresh_deadline_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    now = now_utc()
+    day = london_today(now)
+    if now < status_refresh_deadline(day):
+        return SkipReason(f"before 06:00 London on {day.isoformat()}")
+    if context.cursor == day.isoformat():
+        return SkipReason(f"{day.isoformat()} already checked")
+    if nightly_refresh_succeeded(context.instance, day):
+        context.update_cursor(day.isoformat())
+        return SkipReason(f"the nightly refresh for {day.isoformat()} succeeded")
+    message = f"the 03:00 London full status refresh for {day.isoformat()} had not succeeded by 06:00 London"
+    details = {"job_name": status_refresh_job.name, "date": day.isoformat()}
+    with postgres.begin() as conn:
+        alert_id = record_alert(conn, "status_refresh_late", message, details)
+    context.log.warning(f"alert {alert_id}: {message}")
+    url = os.environ.get(WEBHOOK_ENV)
+    if url:
+        post_webhook(url, {"kind": "status_refresh_late", "alert_id": alert_id, "message": message, **details})
+    # Only after the alert is committed: a failure above leaves the cursor, so the next tick retries.
+    context.update_cursor(day.isoformat())
+    return SkipReason(f"alert {alert_id} recorded")
+
+
+sensors = [programme_added_sensor, day_change_sensor, status_refresh_requests_sensor, status_refresh_deadline_sensor]

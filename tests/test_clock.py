@@ -99,3 +99,15 @@ def test_academic_year_start(day, start):
     from orchestration.clock import academic_year_start
 
     assert academic_year_start(day) == start
+
+
+@pytest.mark.parametrize(
+    ("day", "deadline"),
+    [(date(2026, 1, 15), datetime(2026, 1, 15, 6, 0, tzinfo=UTC)),  # GMT
+     (date(2026, 7, 15), datetime(2026, 7, 15, 5, 0, tzinfo=UTC)),  # BST
+     (date(2026, 3, 29), datetime(2026, 3, 29, 5, 0, tzinfo=UTC))],  # clocks went forward at 01:00 UTC
+)
+def test_status_refresh_deadline_is_06_london(day, deadline):
+    from orchestration.clock import status_refresh_deadline
+
+    assert status_refresh_deadline(day) == deadline

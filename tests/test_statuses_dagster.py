@@ -33,9 +33,11 @@ from orchestration.schema import ConsentStatus, SessionStatus
 from resources.postgres import PostgresResource
 from schedules.statuses import status_refresh_nightly
 from sensors.statuses import (
+    NIGHTLY_DATE_TAG,
     day_change_sensor,
     on_sync_complete,
     programme_added_sensor,
+    status_refresh_deadline_sensor,
     status_refresh_requests_sensor,
 )
 from sensors.sync_complete import SyncRun
@@ -284,6 +286,40 @@ def test_day_change_once_per_date_with_catch_up(world, database_url, instance, m
     assert isinstance(day_change_sensor(_sensor_context(database_url, instance, caught_up.cursor)), SkipReason)
 
 
+def _late_alerts(engine):
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT message, details FROM alerts WHERE kind = 'status_refresh_late' "
+                                    "ORDER BY id")).all()
+
+
+def test_deadline_alert_once_when_the_nightly_refresh_is_late(engine, database_url, instance, monkeypatch):
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, make_new_run_id
+
+    # 05:59 London (GMT): too early to tell.
+    monkeypatch.setenv("PSO_NOW", datetime(2026, 11, 30, 5, 59, tzinfo=timezone.utc).isoformat())
+    early = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance))
+    assert early.skip_message.startswith("before 06:00") and early.cursor is None and not _late_alerts(engine)
+    # 06:00 London with no successful nightly run for the date: one alert, cursor = the date.
+    monkeypatch.setenv("PSO_NOW", datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc).isoformat())
+    late = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance))
+    assert late.cursor == "2026-11-30"
+    [(message, details)] = _late_alerts(engine)
+    assert "2026-11-30" in message and details == {"job_name": "status_refresh", "date": "2026-11-30"}
+    again = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, late.cursor))
+    assert again.skip_message == "2026-11-30 already checked" and len(_late_alerts(engine)) == 1
+    # Next day, in summer time (05:30 UTC = 06:30 London), the nightly run for that date succeeded: no alert.
+    day = "2027-07-01"
+    instance.add_run(DagsterRun(job_name="status_refresh", run_id=make_new_run_id(), status=DagsterRunStatus.SUCCESS,
+                                tags={NIGHTLY_DATE_TAG: day}))
+    monkeypatch.setenv("PSO_NOW", datetime(2027, 7, 1, 5, 30, tzinfo=timezone.utc).isoformat())
+    ok = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, late.cursor))
+    assert ok.cursor == day and "succeeded" in ok.skip_message and len(_late_alerts(engine)) == 1
+    # A successful run for another date does not count for this one.
+    monkeypatch.setenv("PSO_NOW", datetime(2027, 7, 2, 5, 30, tzinfo=timezone.utc).isoformat())
+    status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, ok.cursor))
+    assert len(_late_alerts(engine)) == 2
+
+
 def test_day_change_on_1_september_refreshes_everything(world, database_url, instance, monkeypatch):
     monkeypatch.setenv("PSO_NOW", "2027-09-01T06:00:00+00:00")
     result = day_change_sensor(_sensor_context(database_url, instance, "2027-08-31"))
@@ -368,6 +404,7 @@ def test_nightly_schedule_is_one_full_run_at_03_london():
         request = status_refresh_nightly(build_schedule_context(instance=instance, scheduled_execution_time=when))
     assert isinstance(request, RunRequest)
     assert request.run_key == "status_refresh_nightly:2026-07-02"
+    assert request.tags[NIGHTLY_DATE_TAG] == "2026-07-02"
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert request.run_config["ops"]["status_tables"]["config"]["today"] == "2026-07-02"
     assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
