@@ -245,12 +245,11 @@ def _quote(value: str, safe: str = "") -> str:
 class _Connection:
     """One kept-alive HTTP/1.1 connection; `get` sends a request head and returns (status, body, reusable)."""
 
-    def __init__(self, scheme: str, host: str, port: int):
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None):
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if scheme == "https":
-            sock = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")).wrap_socket(
-                sock, server_hostname=host)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=host)
         sock.settimeout(READ_TIMEOUT)
         self.sock, self.reader, self.used = sock, sock.makefile("rb", buffering=1 << 16), False
 
@@ -310,8 +309,8 @@ class S3Reader:
     def __init__(self, s3, credentials=None):
         url = urllib.parse.urlsplit(s3.meta.endpoint_url)
         self.endpoint = s3.meta.endpoint_url
-        self._scheme, self._host = url.scheme, url.hostname
-        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._host, self._port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        self._tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")) if url.scheme == "https" else None
         self._netloc, self._base = url.netloc, url.path.rstrip("/")
         self._region = s3.meta.region_name or "us-east-1"
         if credentials is None:
@@ -409,7 +408,7 @@ class S3Reader:
             if self._idle:
                 return self._idle.pop()
         try:
-            return _Connection(self._scheme, self._host, self._port)
+            return _Connection(self._host, self._port, self._tls)
         except OSError as error:
             raise EndpointConnectionError(endpoint_url=self.endpoint) from error
 

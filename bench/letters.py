@@ -5,7 +5,9 @@ sample: upstream's one S3 call per letter made one at a time, and the same calls
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import random
+import resource
 import uuid
 from dataclasses import replace
 from datetime import timedelta
@@ -31,6 +33,26 @@ def _bench_buckets(settings):
     return replace(settings, buckets=replace(
         b, letters_pdf=f"{tag}-letters-pdf", letter_batches=f"{tag}-letter-batches", invalid_pdf=f"{tag}-invalid",
         test_letters=f"{tag}-test-letters", archive=f"{tag}-archive", contact_lists=f"{tag}-contact-lists"))
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _embedded_s3_cpu(settings) -> float | None:
+    """CPU seconds used so far by the embedded S3 server (Linux /proc), or None when not measurable."""
+    from orchestration.services import EmbeddedS3
+
+    server = EmbeddedS3(settings.data_dir, settings.s3_port)
+    if settings.s3_endpoint != server.endpoint:
+        return None
+    try:
+        pid = int(server.pid_file.read_text().strip())
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _empty_bucket(s3, bucket: str) -> None:
@@ -96,15 +118,22 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                 list(pool.map(lambda p: L._list_prefix(s3, settings.buckets.letters_pdf, p), prefixes))
         report.add("per-letter lookups through the pool", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
 
+        client_cpu, server_cpu = _process_cpu(), _embedded_s3_cpu(settings)
         with engine.connect() as conn, timed() as t:
             result = L.collate_letters(conn, s3, settings.buckets, day, now, workers=16, echo=lambda *_: None)
         total = t()
+        client_cpu = _process_cpu() - client_cpu
+        server_cpu = None if server_cpu is None else (_embedded_s3_cpu(settings) or server_cpu) - server_cpu
         assert result.letters_sending == count and not result.missing and not result.invalid, "every letter batched"
         report.add("letters collated", count, "letters")
         report.add("batches uploaded", len(result.zip_keys), "zips")
         report.add("S3 list calls for the lookups", result.list_calls, "calls")
         report.add("collation wall time", total, "s", "target < 60 s at scale 1")
         report.add("collation rate", count / total, "letters/s")
+        # CPU, less sensitive than wall time to other work on the machine (2 cores shared with the S3 server).
+        report.add("collation CPU, this process", client_cpu, "s", f"{client_cpu / count * 1e6:,.0f} µs/letter")
+        if server_cpu is not None:
+            report.add("collation CPU, embedded S3 server", server_cpu, "s", f"{server_cpu / count * 1e6:,.0f} µs/letter")
         report.add("lookup rate (folder listings, pooled)", count / result.seconds["lookup"], "lookups/s")
         report.add("fetch + check rate (GET per PDF, pooled)", count / result.seconds["fetch"], "PDFs/s")
         for phase in ("leftovers", "select", "lookup", "fetch", "plan", "upload"):

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -433,18 +434,24 @@ def test_folder_listing_follows_continuation_pages(s3, settings):
     assert calls == 2 and listing == [(key, 4) for key in keys]
 
 
-def _serve_once(responses: list[bytes]) -> int:
+def _serve_once(responses: list[bytes], tls=None) -> int:
     """A one-connection TCP server that answers each request it reads with the next canned response."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
         connection, _ = listener.accept()
+        listener.close()
+        if tls is not None:
+            try:
+                connection = tls.wrap_socket(connection, server_side=True)
+            except ssl.SSLError:  # the client refused the certificate
+                connection.close()
+                return
         with connection, connection.makefile("rb") as requests:
             for response in responses:
                 while requests.readline() not in (b"\r\n", b""):
                     pass
                 connection.sendall(response)
-        listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
     return listener.getsockname()[1]
@@ -458,11 +465,27 @@ def test_http_responses_chunked_interim_and_close():
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\n<x/>\n",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     ])
-    connection = L._Connection("http", "127.0.0.1", port)
+    connection = L._Connection("127.0.0.1", port)
     assert connection.get(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"%PDF-1.", True)
     assert connection.get(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n") == (404, b"<x/>\n", True)
     assert connection.get(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"ok", False)
     connection.close()
+
+
+def test_http_over_tls_checks_the_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n%PDF"], tls=server)
+    connection = L._Connection("localhost", port, ssl.create_default_context(cafile=str(cert)))
+    assert connection.get(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"%PDF", True)
+    connection.close()
+    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], tls=server)
+    with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for is refused
+        L._Connection("localhost", port, ssl.create_default_context())
 
 
 def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
