@@ -714,20 +714,26 @@ def upload_batch(s3, bucket: str, batch: PlannedBatch, workdir: Path) -> str:
 
 def complete_batches(conn: sa.Connection, batch_ids: list[uuid.UUID], letter_ids: list[uuid.UUID] | None = None) -> int:
     """Step 3 for batches whose zips are in S3, in one transaction: the batches `uploaded`, their
-    still-`created` letters `sending`. `letter_ids`, when the caller planned the batches, are their
-    items' letters (looked up by primary key, whatever the state of the items table's statistics);
-    otherwise the items are read. Returns the letters moved to `sending`."""
-    letters = ("SELECT notification_id FROM letter_batch_items WHERE batch_id = ANY(:ids)" if letter_ids is None
-               else "SELECT unnest(CAST(:letters AS uuid[]))")
+    still-`created` letters `sending`. `letter_ids` are the batches' items when the caller planned
+    them (else they are read). Returns the letters moved to `sending`.
+
+    The letters are locked by primary key first and their status tested on the locked rows: a
+    `notification_status = 'created'` test on the table itself lets the planner scan every created
+    letter when its statistics predate the day's letters (measured: 40 ms to 0.9 s per round)."""
     with conn.begin():
+        if letter_ids is None:
+            letter_ids = conn.execute(sa.text(
+                "SELECT notification_id FROM letter_batch_items WHERE batch_id = ANY(:ids)"), {"ids": batch_ids}).scalars().all()
         conn.execute(sa.text("""
             UPDATE letter_batches SET state = :uploaded, uploaded_at = now()
             WHERE id = ANY(:ids) AND state = :planned"""),
             {"ids": batch_ids, "uploaded": int(LetterBatchState.UPLOADED), "planned": int(LetterBatchState.PLANNED)})
-        updated = conn.execute(sa.text(f"""
-            UPDATE notifications SET notification_status = 'sending', sent_by = 'dvla', sent_at = now(), updated_at = now()
-            WHERE id IN ({letters}) AND notification_status = 'created'"""),
-            {"ids": batch_ids, "letters": letter_ids}).rowcount
+        updated = conn.execute(sa.text("""
+            WITH batched AS MATERIALIZED (
+                SELECT id, notification_status FROM notifications WHERE id = ANY(:letters) FOR UPDATE)
+            UPDATE notifications n SET notification_status = 'sending', sent_by = 'dvla', sent_at = now(), updated_at = now()
+            FROM batched b WHERE n.id = b.id AND b.notification_status = 'created'"""),
+            {"letters": list(letter_ids)}).rowcount
     return updated
 
 
