@@ -287,6 +287,29 @@ def test_sequence_continues_from_the_highest_existing(conn, s3, settings):
     assert names[8].startswith("NOTIFY.2026-11-20.2.008.") and names[9].startswith("NOTIFY.2026-11-20.2.009.")
 
 
+def test_step_3_moves_only_still_created_letters_of_the_given_batches(conn, s3, settings, tmp_path):
+    """Step 3 on planned batches, with the letters known (the collation) or read from the items
+    (leftovers): a letter cancelled after planning stays cancelled; other batches are untouched."""
+    service = add_service(conn)
+    letters = [add_letter(conn, service, london(2026, 11, 20, 10, i)) for i in range(6)]
+    for letter in letters:
+        put_pdf(s3, settings, letter)
+    selected = L.select_letters(conn, L.deadline_for_print_date(PRINT_DAY, AFTER_DEADLINE))
+    gathered = L.gather_pdfs(s3, settings.buckets.letters_pdf, selected, tmp_path)
+    first, second, third = L.plan_batches(conn, PRINT_DAY, gathered.found, max_letters=2)
+    cancelled = first.items[1].letter.id
+    conn.execute(sa.text("UPDATE notifications SET notification_status = 'cancelled' WHERE id = :id"), {"id": cancelled})
+    conn.commit()
+    assert L.complete_batches(conn, [first.id], [i.letter.id for i in first.items]) == 1
+    assert L.complete_batches(conn, [second.id]) == 2
+    after = statuses(conn)
+    assert after[cancelled] == "cancelled" and after[first.items[0].letter.id] == "sending"
+    assert all(after[i.letter.id] == "sending" for i in second.items)
+    assert all(after[i.letter.id] == "created" for i in third.items)
+    assert {b["id"]: b["state"] for b in batches(conn)} == {first.id: 1, second.id: 1, third.id: 0}
+    assert L.complete_batches(conn, [first.id, second.id]) == 0  # idempotent
+
+
 # ---------------------------------------------------------------------------------------------
 # The collation end to end
 # ---------------------------------------------------------------------------------------------
