@@ -63,13 +63,19 @@ eligible AS MATERIALIZED (
 )"""
 
 # A patient_session's programmes: its session's programmes the patient is eligible for.
-PATIENT_SESSION_PROGRAMMES_CTE = f"""
+# The batch's patient_sessions (in the scope's sessions): read once, joined by four of the queries below.
+BATCH_PATIENT_SESSIONS_SQL = f"""
+    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id FROM patient_sessions AS ps
+    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}"""
+
+# A patient_session's programmes: its session's programmes the patient is eligible for (reads the batch
+# facts `batch_patient_sessions` and `eligible`).
+PATIENT_SESSION_PROGRAMMES_CTE = """
 patient_session_programmes AS MATERIALIZED (
-    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
-    FROM patient_sessions AS ps
+    SELECT ps.patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
+    FROM batch_patient_sessions AS ps
     JOIN session_programmes AS sp ON sp.session_id = ps.session_id
-    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
-      AND EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
+    WHERE EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
 )"""
 
 # §1.4 latest consents L, their aggregates, the latest triage, Vaccinated — for :programme_id.
@@ -207,13 +213,13 @@ REGISTRATION_STATUS_EXPR = """CASE
     ELSE 0
 END"""
 
-TODAYS_ATTENDANCE_CTE = f"""
+# Reads the batch fact `batch_patient_sessions`.
+TODAYS_ATTENDANCE_CTE = """
 todays_attendance AS MATERIALIZED (
     SELECT a.patient_session_id, a.attending
     FROM session_attendances AS a
     JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
-    JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
+    JOIN batch_patient_sessions AS ps ON ps.patient_session_id = a.patient_session_id
 )"""
 
 # The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
@@ -242,6 +248,8 @@ programme_done AS (
 
 
 # Facts several tables read, materialised once per batch (temp tables of these names), in this order.
+BATCH_PATIENT_SESSIONS_FACTS = BatchFacts("batch_patient_sessions", BATCH_PATIENT_SESSIONS_SQL,
+                                          ("patient_session_id", "patient_id", "session_id"))
 ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible",
                             ("patient_id", "programme_id"))
 PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts",
@@ -252,7 +260,7 @@ LATEST_SESSION_RECORD_FACTS = BatchFacts(
     ("patient_id", "session_id"))
 TODAYS_ATTENDANCE_FACTS = BatchFacts("todays_attendance", f"WITH {TODAYS_ATTENDANCE_CTE} SELECT * FROM todays_attendance",
                                      ("patient_session_id",))
-# These two read the batch facts `eligible` / `patient_session_programmes`, so come after them.
+# These read batch facts declared above, so come after them.
 PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
     "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes",
     ("patient_session_id", "programme_id", "patient_id"))
@@ -289,16 +297,16 @@ session_statuses = DerivedTable(
     key_columns=("patient_session_id", "programme_id"),
     context_columns=("patient_id", "session_id"),
     description="§1.5 session status, per patient_session × programme",
-    batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS, TODAYS_ATTENDANCE_FACTS,
-                 PATIENT_SESSION_PROGRAMMES_FACTS),
+    batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS, BATCH_PATIENT_SESSIONS_FACTS,
+                 TODAYS_ATTENDANCE_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS),
     expected_sql=f"""
         SELECT patient_session_id, programme_id, patient_id, session_id FROM patient_session_programmes
         WHERE programme_id = {PROGRAMME}""",
     existing_sql=f"""
         SELECT s.id AS row_id, s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id, s.status AS cached
-        FROM patient_session_session_statuses AS s
-        JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-        WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER} AND s.programme_id = {PROGRAMME}""",
+        FROM batch_patient_sessions AS ps
+        JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.patient_session_id
+        WHERE s.programme_id = {PROGRAMME}""",
     value_joins="""
         JOIN patient_facts AS f ON f.patient_id = k.patient_id
         LEFT JOIN latest_session_record AS lr ON lr.patient_id = k.patient_id AND lr.session_id = k.session_id
@@ -313,15 +321,15 @@ registration_statuses = DerivedTable(
     name="patient_session_registration_statuses",
     key_columns=("patient_session_id",),
     description="§1.5 registration status, per patient_session",
-    batch_facts=(ELIGIBLE_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS, TODAYS_ATTENDANCE_FACTS, PROGRAMME_DONE_FACTS),
+    batch_facts=(ELIGIBLE_FACTS, BATCH_PATIENT_SESSIONS_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS,
+                 TODAYS_ATTENDANCE_FACTS, PROGRAMME_DONE_FACTS),
     expected_sql=f"""
         SELECT DISTINCT patient_session_id FROM patient_session_programmes WHERE programme_id = {PROGRAMME}""",
     existing_sql=f"""
         SELECT s.id AS row_id, s.patient_session_id, s.status AS cached
-        FROM patient_session_registration_statuses AS s
-        JOIN patient_sessions AS ps ON ps.id = s.patient_session_id
-        WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}
-          AND EXISTS (SELECT 1 FROM session_programmes AS sp
+        FROM batch_patient_sessions AS ps
+        JOIN patient_session_registration_statuses AS s ON s.patient_session_id = ps.patient_session_id
+        WHERE EXISTS (SELECT 1 FROM session_programmes AS sp
                       WHERE sp.session_id = ps.session_id AND sp.programme_id = {PROGRAMME})""",
     value_joins="""
         LEFT JOIN programme_done AS d ON d.patient_session_id = k.patient_session_id
