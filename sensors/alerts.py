@@ -63,6 +63,13 @@ def post_webhook(url: str, payload: Mapping[str, Any], timeout: float = WEBHOOK_
         return False
 
 
+def post_alert_webhook(kind: str, alert_id: int, message: str, details: Mapping[str, Any]) -> None:
+    """POST a recorded alert to $PSO_ALERT_WEBHOOK_URL when it is set (never raises)."""
+    url = os.environ.get(WEBHOOK_ENV)
+    if url:
+        post_webhook(url, {"kind": kind, "alert_id": alert_id, "message": message, **details})
+
+
 def root_error_class(error) -> str | None:
     """Class name of the user's exception under Dagster's wrappers (SerializableErrorInfo.cause chain)."""
     if error is None:
@@ -105,9 +112,7 @@ def run_failure_alert(context: RunFailureSensorContext, postgres: PostgresResour
     with postgres.begin() as conn:
         alert_id = record_alert(conn, "run_failure", message, details, run_id=details["run_id"])
     context.log.warning(f"alert {alert_id}: {message} ({', '.join(details['error_classes'])})")
-    url = os.environ.get(WEBHOOK_ENV)
-    if url:
-        post_webhook(url, {"kind": "run_failure", "alert_id": alert_id, "message": message, **details})
+    post_alert_webhook("run_failure", alert_id, message, details)
 
 
 sensors = [run_failure_alert]

@@ -11,7 +11,6 @@ takes the same `pg_advisory_xact_lock`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -34,7 +33,7 @@ from orchestration.clock import academic_year_start, london_today, now_utc, stat
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
-from sensors.alerts import WEBHOOK_ENV, post_webhook, record_alert
+from sensors.alerts import post_alert_webhook, record_alert
 from sensors.sync_complete import SyncReaction, SyncRun
 from sensors.cursors import HighWaterCursor
 
@@ -315,9 +314,7 @@ def status_refresh_deadline_sensor(context: SensorEvaluationContext, postgres: P
     with postgres.begin() as conn:
         alert_id = record_alert(conn, "status_refresh_late", message, details)
     context.log.warning(f"alert {alert_id}: {message}")
-    url = os.environ.get(WEBHOOK_ENV)
-    if url:
-        post_webhook(url, {"kind": "status_refresh_late", "alert_id": alert_id, "message": message, **details})
+    post_alert_webhook("status_refresh_late", alert_id, message, details)
     # Only after the alert is committed: a failure above leaves the cursor, so the next tick retries.
     context.update_cursor(day.isoformat())
     return SkipReason(f"alert {alert_id} recorded")
