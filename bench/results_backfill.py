@@ -197,10 +197,10 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.add("row-at-a-time rate (baseline)", baseline_rows / baseline_seconds, "rows/s")
     report.add("row-at-a-time, commit per row: rate", baseline_rows / per_row_commit_seconds, "rows/s")
     report.ratio("backfill order pass vs floor (indexes + FKs)", "backfill: order pass rate",
-                 "floor rate (indexes + FKs)", "≤ 1× by definition")
+                 "floor rate (indexes + FKs)", "> 1: batches of 10,000 beat one statement over 573k rows")
     report.ratio("backfill (both passes) vs floor (indexes + FKs)", "backfill rate", "floor rate (indexes + FKs)")
     report.ratio("floor (indexes + FKs) vs row-at-a-time", "floor rate (indexes + FKs)",
-                 "row-at-a-time rate (baseline)", "bound for any set-based way")
+                 "row-at-a-time rate (baseline)", "what a bare INSERT … SELECT reaches")
     report.ratio("floor (no FKs) vs row-at-a-time", "floor rate (indexes, no FKs)", "row-at-a-time rate (baseline)")
     report.ratio("set-based backfill vs row-at-a-time, per row", "backfill rate", "row-at-a-time rate (baseline)",
                  "≥ 100×")
