@@ -53,6 +53,17 @@ def refresh_run_config(scope: str, patient_ids=(), session_ids=(), request_ids=(
     return {"ops": {"status_tables": {"config": config}}}
 
 
+def refresh_request(run_config: dict, **kwargs) -> RunRequest:
+    """A status refresh run request. A run over part of the cache (some sessions or patients) leaves
+    out the asset checks: drift and coverage judge the whole cache, so after a scoped run they would
+    report rows the run never meant to touch (on a new deployment, every patient not refreshed yet).
+    Full runs (nightly, 1 September, backfills and materializations from the UI) keep them."""
+    if run_config["ops"]["status_tables"]["config"]["scope"] != "all":
+        kwargs.setdefault("asset_selection", STATUS_ASSET_KEYS)
+        kwargs["asset_check_keys"] = []
+    return RunRequest(run_config=run_config, **kwargs)
+
+
 def all_programmes_tags(partition_keys: list[str]) -> dict[str, str]:
     """Tags for ONE run over every programme partition (dynamic partitions keep insertion order)."""
     return {ASSET_PARTITION_RANGE_START_TAG: partition_keys[0], ASSET_PARTITION_RANGE_END_TAG: partition_keys[-1]}
@@ -93,10 +104,10 @@ def programme_added_requests(rows: list[dict], known_partitions: set[str]):
     requests = []
     for programme, items in sorted(by_programme.items()):
         ids = sorted(r["id"] for r in items)
-        requests.append(RunRequest(
+        requests.append(refresh_request(
+            refresh_run_config("sessions", session_ids=[r["session_id"] for r in items]),
             run_key=f"programme_added:{programme}:{ids[0]}-{ids[-1]}:{len(ids)}",
             partition_key=programme,
-            run_config=refresh_run_config("sessions", session_ids=[r["session_id"] for r in items]),
             tags={TRIGGER_TAG: "programme_added"},
         ))
     return new_keys, requests
@@ -168,8 +179,7 @@ def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResour
         config = refresh_run_config("sessions", session_ids=session_ids, today=today)
         selection = DATE_DEPENDENT_KEYS
     # Catch-up after downtime: one run for today (the key holds the date: never twice for a date).
-    request = RunRequest(run_key=f"day_change:{today.isoformat()}", run_config=config, tags=tags,
-                         asset_selection=selection)
+    request = refresh_request(config, run_key=f"day_change:{today.isoformat()}", tags=tags, asset_selection=selection)
     return SensorResult(run_requests=[request], cursor=today.isoformat())
 
 
@@ -241,9 +251,9 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
     cursor = RequestCursor.parse(context.cursor)
     # The same batch still pending after its run ended means the run failed: request it again.
     attempt = cursor.attempt + 1 if cursor.batch == batch else 0
-    request = RunRequest(
+    request = refresh_request(
+        merged_request_config(requests),
         run_key=f"status_requests:{batch}:{attempt}",
-        run_config=merged_request_config(requests),
         tags={**all_programmes_tags(partitions), TRIGGER_TAG: "status_refresh_requests"},
     )
     return SensorResult(run_requests=[request], cursor=RequestCursor(batch, attempt).dump())
@@ -270,11 +280,11 @@ def on_sync_complete(run: SyncRun) -> SyncReaction:
     # The handler has no instance to read the partition range from: one run per programme held in a
     # session (those are the partitions programme_added registers).
     requests = [
-        RunRequest(
+        refresh_request(
+            refresh_run_config("patients", patient_ids=patient_ids),
             run_key=f"sync_complete:{run.id}:{programme}",
             job_name=status_refresh_job.name,
             partition_key=programme,
-            run_config=refresh_run_config("patients", patient_ids=patient_ids),
             tags={TRIGGER_TAG: "sync_complete", "pso/sync_run_id": str(run.id)},
         )
         for programme in session_programme_types()

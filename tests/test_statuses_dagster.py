@@ -237,6 +237,7 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     assert sorted(by_partition) == PROGRAMMES
     hpv = by_partition["hpv"].run_config["ops"]["status_tables"]["config"]
     assert hpv["scope"] == "sessions" and hpv["session_ids"] == sorted([world.main_session, world.other_session])
+    assert all(r.asset_check_keys == [] for r in result.run_requests)
     assert by_partition["menacwy"].run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.main_session]
     cursor = result.cursor
     # Next tick: nothing new → no double run.
@@ -271,6 +272,7 @@ def test_day_change_once_per_date_with_catch_up(world, database_url, instance, m
                       "request_ids": [], "today": TODAY.isoformat()}
     assert {k.path[-1] for k in request.asset_selection} == {"patient_session_session_statuses",
                                                              "patient_session_registration_statuses"}
+    assert request.asset_check_keys == []  # a scoped run: the whole-cache checks stay out
     assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "flu"
     assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "td_ipv"
     # Same date again: nothing.
@@ -326,6 +328,7 @@ def test_day_change_on_1_september_refreshes_everything(world, database_url, ins
     [request] = result.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert len(request.asset_selection) == 5
+    assert request.asset_check_keys is None  # a full run keeps the checks
     # An ordinary day with no session dates: cursor advances, no run.
     monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
     quiet = day_change_sensor(_sensor_context(database_url, instance, "2027-09-02"))
@@ -352,9 +355,14 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
     assert retry.run_requests[0].run_key != request.run_key
     from orchestration.definitions import defs
 
-    run = defs.resolve_job_def("status_refresh").execute_in_process(
-        instance=instance, resources=resources, tags=request.tags, run_config=_config(**config))
+    # Run it as the daemon would: the request's assets, and no checks (a scoped run).
+    assert request.asset_check_keys == []
+    job = defs.resolve_job_def("status_refresh").get_subset(asset_selection=set(request.asset_selection),
+                                                             asset_check_selection=set(request.asset_check_keys))
+    run = job.execute_in_process(instance=instance, resources=resources, tags=request.tags,
+                                 run_config=_config(**config))
     assert run.success
+    assert run.get_asset_check_evaluations() == []
     assert isinstance(status_refresh_requests_sensor(_sensor_context(database_url, instance, retry.cursor)),
                       SkipReason)
     assert _status(engine, "SELECT status FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr",
@@ -370,6 +378,7 @@ def test_an_all_request_becomes_a_full_run_that_marks_earlier_requests(world, en
     result = status_refresh_requests_sensor(_sensor_context(database_url, instance))
     [request] = result.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    assert request.asset_check_keys is None
     with engine.begin() as conn:  # arrives while the run is queued; an `all` run marks it only if older
         conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
                              "VALUES (0, :p, 'stale', now() - interval '1 hour')"), {"p": world.patients[1]})
@@ -392,6 +401,7 @@ def test_sync_complete_requests_a_patient_scoped_refresh(world, database_url):
         config = request.run_config["ops"]["status_tables"]["config"]
         assert config["scope"] == "patients"
         assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
+        assert request.asset_check_keys == []
     empty = SyncRun(id=42, source="immunisation_import", replica_id=None, started_at=NOW, finished_at=NOW,
                     all_succeeded=True, touched=[])
     assert on_sync_complete(empty).run_requests == []
