@@ -207,4 +207,3 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.ratio("set-based backfill vs row-at-a-time with a commit per row", "backfill rate",
                  "row-at-a-time, commit per row: rate", "≥ 100×")
     return report
-

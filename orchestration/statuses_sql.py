@@ -1,8 +1,10 @@
 """Set-based SQL of the five Mavis status tables (domain.md §1.4–1.6), as derived-table declarations.
 
-Every query reads the batch table and sees these bound parameters (never CURRENT_DATE; `today` is the London date of the run):
+Every query reads the batch table and sees these bound parameters (never CURRENT_DATE; `today` is
+the London date of the run):
 
     batch_ids       (table)   the patients of one batch (≤ 10,000), a temp table the mechanism fills
+    :batch_first, :batch_last  bigint  the batch's lowest and highest id (bound index scans)
     :programme_id   bigint    the programme partition being refreshed
     :today          date      Europe/London date of the run (session rule 5, registration)
     :academic_year  int       academic_year(today) (year groups → eligibility)
@@ -19,7 +21,6 @@ from orchestration.patterns.derived_table import BatchFacts, DerivedTable
 PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
 
 
-
 def eligible_birth_years(programme_type: str, academic_year: int) -> tuple[int, int]:
     """The `birth_academic_year`s whose year group (academic_year − birth_academic_year − 5) is eligible."""
     lowest, highest = PROGRAMME_YEAR_GROUPS[programme_type]
@@ -29,15 +30,17 @@ def eligible_birth_years(programme_type: str, academic_year: int) -> tuple[int, 
 _YEAR_GROUPS_VALUES = ", ".join(f"('{t}', {lo}, {hi})" for t, (lo, hi) in PROGRAMME_YEAR_GROUPS.items())
 
 
-
 def in_batch(column: str) -> str:
     """`column` is one of the batch's ids: a semi-join with the batch's temp table (derived_table.BATCH_TABLE),
     plus the batch's id range, so index scans start and stop at the batch instead of the table's ends."""
     return (f"{column} BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint) "
             f"AND {column} IN (SELECT id FROM batch_ids)")
 
+
+PROGRAMME = "CAST(:programme_id AS bigint)"
 SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
+
 
 # Whole years on `day`, as clock.age_on (a 29 February birthday counts as 28 February).
 def _age(dob: str, day: str) -> str:
@@ -62,7 +65,6 @@ eligible AS MATERIALIZED (
       AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
-# A patient_session's programmes: its session's programmes the patient is eligible for.
 # The batch's patient_sessions (in the scope's sessions): read once, joined by four of the queries below.
 BATCH_PATIENT_SESSIONS_SQL = f"""
     SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id FROM patient_sessions AS ps
@@ -80,7 +82,7 @@ patient_session_programmes AS MATERIALIZED (
 
 # §1.4 latest consents L, their aggregates, the latest triage, Vaccinated — for :programme_id.
 PATIENT_INPUTS_CTES = f"""
-programme AS (SELECT id, type FROM programmes WHERE id = CAST(:programme_id AS bigint)),
+programme AS (SELECT id, type FROM programmes WHERE id = {PROGRAMME}),
 named_consents AS (
     SELECT c.id, c.patient_id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at,
            -- Only self-consents need the patient's name: a lookup for those rows, not a join for all.
@@ -89,7 +91,7 @@ named_consents AS (
                 ELSE coalesce(pa.full_name, 'Parent or guardian (name unknown)') END AS respondent
     FROM consents AS c
     LEFT JOIN parents AS pa ON pa.id = c.parent_id
-    WHERE {in_batch('c.patient_id')} AND c.programme_id = CAST(:programme_id AS bigint)
+    WHERE {in_batch('c.patient_id')} AND c.programme_id = {PROGRAMME}
       AND c.invalidated_at IS NULL AND c.response <> 2
 ),
 latest_consents AS (
@@ -131,14 +133,14 @@ consent_status AS MATERIALIZED (
 latest_triage AS MATERIALIZED (
     SELECT DISTINCT ON (patient_id) patient_id, status
     FROM triages
-    WHERE {in_batch('patient_id')} AND programme_id = CAST(:programme_id AS bigint) AND invalidated_at IS NULL
+    WHERE {in_batch('patient_id')} AND programme_id = {PROGRAMME} AND invalidated_at IS NULL
     ORDER BY patient_id, created_at DESC, id DESC
 ),
 kept_records AS (
     SELECT vr.id, vr.patient_id, vr.session_id, vr.outcome, vr.performed_at, vr.dose_sequence,
            (vr.performed_at AT TIME ZONE 'Europe/London')::date AS performed_on
     FROM vaccination_records AS vr
-    WHERE {in_batch('vr.patient_id')} AND vr.programme_id = CAST(:programme_id AS bigint)
+    WHERE {in_batch('vr.patient_id')} AND vr.programme_id = {PROGRAMME}
       AND vr.discarded_at IS NULL
 ),
 vaccinated AS MATERIALIZED (
@@ -155,7 +157,7 @@ vaccinated AS MATERIALIZED (
 )"""
 
 # Patient-level facts joined once per patient of the batch.
-PATIENT_FACTS_CTE = """
+PATIENT_FACTS_CTE = f"""
 patient_facts AS MATERIALIZED (
     SELECT pt.id AS patient_id,
            coalesce(v.vaccinated, false) AS vaccinated,
@@ -170,8 +172,7 @@ patient_facts AS MATERIALIZED (
     LEFT JOIN vaccinated AS v ON v.patient_id = pt.id
     LEFT JOIN consent_status AS cs ON cs.patient_id = pt.id
     LEFT JOIN latest_triage AS lt ON lt.patient_id = pt.id
-    WHERE pt.id BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint)
-      AND pt.id IN (SELECT id FROM batch_ids)
+    WHERE {in_batch('pt.id')}
 )"""
 
 CONSENT_STATUS_EXPR = "f.consent_status"
@@ -267,8 +268,6 @@ PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
 PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} SELECT * FROM programme_done",
                                   ("patient_session_id",))
 
-PROGRAMME = "CAST(:programme_id AS bigint)"
-
 
 def _patient_level(name: str, status_expr: str, description: str) -> DerivedTable:
     """Consent, triage and vaccination: one row per patient × eligible programme (§1.6)."""
@@ -348,7 +347,7 @@ ALL_PATIENTS_SQL = """
 # A programme's full refresh: patients eligible today, plus those holding rows for it (rows no longer
 # expected are still recomputed). A registration row always comes with a session row of the
 # partition that seeded it, so it is reached through that partition.
-PROGRAMME_PATIENTS_SQL = """
+PROGRAMME_PATIENTS_SQL = f"""
     -- A union of three keyset-ordered index scans (each the next :limit ids of its kind), rather than
     -- per-patient EXISTS tests that Postgres answers by hashing both status tables on every batch.
     -- The eligible birth years are bound values (see eligible_birth_years), so the planner knows most
@@ -361,13 +360,13 @@ PROGRAMME_PATIENTS_SQL = """
         UNION
         (SELECT s.patient_id FROM patient_consent_statuses AS s
          WHERE (CAST(:after AS bigint) IS NULL OR s.patient_id > CAST(:after AS bigint))
-           AND s.programme_id = CAST(:programme_id AS bigint)
+           AND s.programme_id = {PROGRAMME}
          ORDER BY s.patient_id LIMIT :limit)
         UNION
         (SELECT ps.patient_id FROM patient_sessions AS ps
          JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.id
          WHERE (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
-           AND s.programme_id = CAST(:programme_id AS bigint)
+           AND s.programme_id = {PROGRAMME}
          ORDER BY ps.patient_id LIMIT :limit)
     ) AS candidates
     ORDER BY id LIMIT :limit"""
@@ -390,7 +389,7 @@ EXPLAIN_INPUTS = {
     "latest triage": f"""
         WITH {PATIENT_INPUTS_CTES}
         SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
-        WHERE {in_batch('t.patient_id')} AND t.programme_id = CAST(:programme_id AS bigint)
+        WHERE {in_batch('t.patient_id')} AND t.programme_id = {PROGRAMME}
           AND t.invalidated_at IS NULL
         ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
     "kept vaccination records": f"""
@@ -405,8 +404,8 @@ EXPLAIN_INPUTS = {
         WITH {ELIGIBLE_CTE}
         SELECT ps.id AS patient_session_id, ps.session_id,
                EXISTS (SELECT 1 FROM session_programmes sp WHERE sp.session_id = ps.session_id
-                       AND sp.programme_id = CAST(:programme_id AS bigint)) AS session_has_programme,
-               EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = CAST(:programme_id AS bigint))
+                       AND sp.programme_id = {PROGRAMME}) AS session_has_programme,
+               EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = {PROGRAMME})
                    AS eligible_for_programme
         FROM patient_sessions AS ps WHERE {in_batch('ps.patient_id')} ORDER BY ps.id""",
     "today's attendance": f"""

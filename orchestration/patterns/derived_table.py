@@ -47,8 +47,9 @@ is rolled back (it only created temp tables).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
@@ -303,20 +304,15 @@ def refresh(
     return result
 
 
-class read_transaction:
+@contextmanager
+def read_transaction(conn: sa.Connection) -> Iterator[None]:
     """A transaction (or, inside a caller's, a savepoint) that is rolled back at the end: checks and
     explain only create temp tables."""
-
-    def __init__(self, conn: sa.Connection):
-        self.conn = conn
-
-    def __enter__(self):
-        self.tx = self.conn.begin_nested() if self.conn.in_transaction() else self.conn.begin()
-        return self.tx
-
-    def __exit__(self, *exc):
-        self.tx.rollback()
-        return False
+    tx = conn.begin_nested() if conn.in_transaction() else conn.begin()
+    try:
+        yield
+    finally:
+        tx.rollback()
 
 
 def _read_batch(conn: sa.Connection, tables: Sequence[DerivedTable], batches: BatchSource, after: Any,
