@@ -45,6 +45,7 @@ from orchestration import statuses_sql as q
 from orchestration.clock import academic_year, london_today, now_utc
 from orchestration.partitions import programmes_partitions
 from orchestration.patterns import derived_table as dt
+from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
 
 GROUP = "statuses"
@@ -122,8 +123,10 @@ def refresh_statuses(
     table_names: Iterable[str] | None = None,
     finalize: Callable[[sa.Connection], None] | None = None,
     batch_size: int = dt.DEFAULT_BATCH_SIZE,
+    workers: int = 1,
 ) -> dt.RefreshResult:
-    """Seed, recompute and write back the status tables of one programme over `scope`."""
+    """Seed, recompute and write back the status tables of one programme over `scope`, with up to
+    `workers` batches at once (a list of patients that fits one batch is refreshed serially)."""
     tables = tables_named(table_names)
     result = dt.RefreshResult(tables={t.name: dt.RefreshCounts() for t in tables})
     programme_type = conn.execute(sa.text("SELECT type FROM programmes WHERE id = :id"),
@@ -138,8 +141,9 @@ def refresh_statuses(
     for index, (batches, extra) in enumerate(passes):
         last = index == len(passes) - 1
         params = {**base_params(programme_id, today), **extra}
+        one_batch = batches.known_count is not None and batches.known_count <= batch_size
         result.merge(dt.refresh(conn, tables, batches, params, STATUS_REFRESH_LOCK_KEY,
-                                finalize=finalize if last else None))
+                                finalize=finalize if last else None, workers=1 if one_batch else workers))
     return result
 
 
@@ -347,6 +351,8 @@ class StatusRefreshConfig(Config):
     request_ids: list[int] = Field(default_factory=list,
                                    description="status_refresh_requests rows to mark processed when done")
     today: Optional[str] = Field(default=None, description="ISO London date override (tests, replays)")
+    workers: Optional[int] = Field(default=None, ge=1, description="batches refreshed at once, each on its own "
+                                   "connection (default: PSO_STATUS_REFRESH_WORKERS, 2)")
 
     def to_scope(self) -> StatusScope:
         if self.scope == "all":
@@ -374,6 +380,7 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
     today = _run_today(config)
     started_at = now_utc()  # read once; a full run marks every request made before it started
     scope = config.to_scope()
+    workers = config.workers or get_settings().status_refresh_workers
     names = [key.path[-1] for key in context.selected_asset_keys]
     programmes = list(context.partition_keys)
     totals = dt.RefreshResult(tables={n: dt.RefreshCounts() for n in names})
@@ -397,7 +404,8 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
                 def finalize(c, _before=before):
                     marked[0] = mark_requests_processed(c, config.request_ids, _before)
 
-            result = refresh_statuses(conn, ids[programme], scope, today, names, finalize=finalize)
+            result = refresh_statuses(conn, ids[programme], scope, today, names, finalize=finalize,
+                                      workers=workers)
             totals.merge(result)
             per_programme[programme] = {n: c.as_dict() for n, c in result.tables.items()}
             context.log.info(f"programme {programme}: scope {scope.describe()}, "
@@ -492,7 +500,6 @@ jobs: list = [status_refresh_job, status_checks_job]
 
 def cmd_explain(args) -> int:
     from orchestration.cli import _export_env
-    from orchestration.settings import get_settings
     from resources.postgres import make_engine
 
     _export_env(get_settings())

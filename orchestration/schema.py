@@ -371,7 +371,8 @@ def _patient_status_table(name: str, codes: type[enum.IntEnum]) -> Table:
         name, metadata,
         _id(),
         Column("patient_id", BigInteger, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False),
-        Column("programme_id", BigInteger, ForeignKey("programmes.id", ondelete="CASCADE"), nullable=False),
+        # No foreign key to programmes (§1.3 names patients / patient_sessions only; migration 0003).
+        Column("programme_id", BigInteger, nullable=False),
         Column("status", SmallInteger, nullable=False, server_default=text("0"), index=True),
         UniqueConstraint("patient_id", "programme_id"),
         CheckConstraint(_in("status", _codes(codes)), name="status"),
@@ -387,7 +388,7 @@ patient_session_session_statuses = Table(
     _id(),
     Column("patient_session_id", BigInteger, ForeignKey("patient_sessions.id", ondelete="CASCADE"),
            nullable=False),
-    Column("programme_id", BigInteger, ForeignKey("programmes.id", ondelete="CASCADE"), nullable=False),
+    Column("programme_id", BigInteger, nullable=False),  # no foreign key: see _patient_status_table
     Column("status", SmallInteger, nullable=False, server_default=text("0"), index=True),
     UniqueConstraint("patient_session_id", "programme_id", name="uq_patient_session_session_statuses_key"),
     CheckConstraint(_in("status", _codes(SessionStatus)), name="status"),

@@ -110,6 +110,9 @@ class Settings:
     s3_port: int
     dagster_port: int
     db_pool_size: int
+    # Batches a status refresh writes at once, each on its own connection (one per database core is
+    # about right); with the refresh's coordinating connection it must fit in the pool.
+    status_refresh_workers: int = field(default=2)
     alert_webhook_url: str | None = field(default=None)
 
     @property
@@ -168,6 +171,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if webhook and not re.match(r"^https?://", webhook):
         raise SettingsError(f"PSO_ALERT_WEBHOOK_URL must be an http(s) URL, got {webhook!r}")
     prefix = env.get("PSO_BUCKET_PREFIX", "pso")
+    pool_size = _positive_int(env, "PSO_DB_POOL_SIZE", 5)
+    workers = _positive_int(env, "PSO_STATUS_REFRESH_WORKERS", min(2, pool_size - 1) or 1)
+    if workers > 1 and workers >= pool_size:
+        raise SettingsError(f"PSO_STATUS_REFRESH_WORKERS ({workers}) needs a connection each plus one for the "
+                            f"refresh's coordinator: raise PSO_DB_POOL_SIZE above it (now {pool_size})")
     return Settings(
         data_dir=data_dir,
         database_url_override=_database_url(env, "PSO_DATABASE_URL"),
@@ -186,7 +194,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         pg_port=_port(env, "PSO_PG_PORT", 54329),
         s3_port=_port(env, "PSO_S3_PORT", 18333),
         dagster_port=_port(env, "PSO_DAGSTER_PORT", 3000),
-        db_pool_size=_positive_int(env, "PSO_DB_POOL_SIZE", 5),
+        db_pool_size=pool_size,
+        status_refresh_workers=workers,
         alert_webhook_url=webhook,
     )
 

@@ -30,12 +30,23 @@ def test_configured_database_gets_the_right_drivers():
         ("PSO_S3_ENDPOINT_URL", "127.0.0.1:8333"),
         ("PSO_BUCKET_ARCHIVE", "Not_A_Bucket"),
         ("PSO_DB_POOL_SIZE", "0"),
+        ("PSO_STATUS_REFRESH_WORKERS", "two"),
+        ("PSO_STATUS_REFRESH_WORKERS", "0"),
         ("PSO_ALERT_WEBHOOK_URL", "ftp://example"),
     ],
 )
 def test_a_malformed_value_names_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+def test_status_refresh_workers_fit_in_the_connection_pool():
+    assert load_settings({}).status_refresh_workers == 2
+    assert load_settings({"PSO_DB_POOL_SIZE": "2"}).status_refresh_workers == 1
+    assert load_settings({"PSO_STATUS_REFRESH_WORKERS": "4", "PSO_DB_POOL_SIZE": "5"}).status_refresh_workers == 4
+    # Each worker holds a connection, and the refresh's coordinator one more.
+    with pytest.raises(SettingsError, match="PSO_STATUS_REFRESH_WORKERS.*PSO_DB_POOL_SIZE"):
+        load_settings({"PSO_STATUS_REFRESH_WORKERS": "5", "PSO_DB_POOL_SIZE": "5"})
 
 
 def test_credentials_must_come_in_pairs():

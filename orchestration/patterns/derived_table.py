@@ -38,6 +38,12 @@ so each row is read once and written at most once, and a re-run of the same scop
 first takes `pg_advisory_xact_lock(lock_key)` (two refreshes never interleave). Temp tables
 `ON COMMIT DROP` and transaction-scoped locks keep it safe behind PgBouncer's transaction pooling.
 
+**Parallel batches** (`workers` > 1): batches are independent (disjoint ids, each its own
+transaction), so several connections can refresh them at once, one per core of the database server.
+The refresh lock is then held by a coordinating transaction for the whole refresh instead of per
+batch, and every worker batch checks that it is still held; the refresh uses `workers` + 1
+connections of the pool.
+
 **Checks and explain** read the same rows relation (so a rule is written once): `drift` recomputes a
 sample of ids and names the rows whose cached value differs; `coverage` names expected keys without a
 row; `explain` gives the cached and recomputed value of one id's rows. They run in a transaction that
@@ -46,6 +52,7 @@ is rolled back (it only created temp tables).
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -239,6 +246,7 @@ class BatchSource:
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = DEFAULT_BATCH_SIZE
+    known_count: int | None = None  # how many ids in all, when known up front (a list of ids)
 
     def fill(self, conn: sa.Connection, after: Any) -> Batch:
         """Create and fill `batch_ids` with the next batch, inside the caller's transaction."""
@@ -259,10 +267,23 @@ def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_B
 
 def list_batches(ids: Iterable[int], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
     """Batches from a known list of ids (deduplicated, sorted), keyset-paged by Postgres."""
+    unique = sorted(set(ids))
     return BatchSource(
         "SELECT DISTINCT id FROM unnest(CAST(:ids AS bigint[])) AS i (id) "
         "WHERE CAST(:after AS bigint) IS NULL OR id > CAST(:after AS bigint) ORDER BY id LIMIT :limit",
-        {"ids": sorted(set(ids))}, batch_size)
+        {"ids": unique}, batch_size, known_count=len(unique))
+
+
+def _refresh_one_batch(conn: sa.Connection, tables: Sequence[DerivedTable], facts: Sequence[BatchFacts],
+                       batch: Batch, params: dict[str, Any], result: RefreshResult) -> None:
+    """Build the batch's facts and refresh every table over it, in the caller's transaction."""
+    if not batch.count:
+        return
+    batch_params = {**params, **batch.params}
+    prepare_batch(conn, facts, batch_params)
+    for table in tables:
+        result.tables[table.name].add(refresh_batch(conn, table, batch_params))
+    result.batches += 1
 
 
 def refresh(
@@ -272,15 +293,19 @@ def refresh(
     params: dict[str, Any],
     lock_key: int,
     finalize: Callable[[sa.Connection], None] | None = None,
+    workers: int = 1,
 ) -> RefreshResult:
     """Refresh `tables` over every batch of ids, one transaction per batch (all tables together).
 
-    `conn` must not be inside a transaction. `finalize(conn)` runs inside the LAST batch's
-    transaction (the first batch shorter than the batch size, possibly empty), so work that must only
-    count once the refresh is complete (e.g. marking requests processed) commits with it.
+    `conn` must not be inside a transaction. `finalize(conn)` runs once every batch has committed, in
+    the last transaction of the refresh, so work that must only count once the refresh is complete
+    (e.g. marking requests processed) commits with it. `workers` > 1 refreshes that many batches at
+    once, on connections of their own (see `_refresh_in_parallel`).
     """
     if conn.in_transaction():
         conn.commit()  # e.g. autobegun by an earlier read
+    if workers > 1:
+        return _refresh_in_parallel(conn, tables, batches, params, lock_key, finalize, workers)
     result = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
     facts = batch_facts_of(tables)
     started = time.perf_counter()
@@ -290,16 +315,94 @@ def refresh(
         with conn.begin():
             conn.execute(BEGIN_BATCH, {"key": lock_key})
             batch = batches.fill(conn, after)
-            if batch.count:
-                batch_params = {**params, **batch.params}
-                prepare_batch(conn, facts, batch_params)
-                for table in tables:
-                    result.tables[table.name].add(refresh_batch(conn, table, batch_params))
-                result.batches += 1
+            _refresh_one_batch(conn, tables, facts, batch, params, result)
+            # The last batch is the first one shorter than the batch size (possibly empty).
             done = batch.count < batches.batch_size
             after = batch.last
             if done and finalize is not None:
                 finalize(conn)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# A parallel refresh's coordinator holds the refresh lock for the whole refresh, in a transaction on
+# its own connection; each worker batch checks, in its own transaction, that the coordinator's
+# backend still holds it (a bigint advisory key shows in pg_locks as classid = high half,
+# objid = low half, objsubid = 1).
+_HOLD_REFRESH_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key), pg_backend_pid()")
+_BEGIN_WORKER_BATCH = sa.text("""
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid
+                     AND classid = CAST((CAST(:key AS bigint) >> 32) AS oid)
+                     AND objid = CAST((CAST(:key AS bigint) & 4294967295) AS oid) AND objsubid = 1),
+           set_config('max_parallel_workers_per_gather', '0', true)""")
+
+
+class RefreshLockLost(RuntimeError):
+    """A parallel refresh's coordinator no longer holds the refresh lock (its connection ended)."""
+
+
+def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], batches: BatchSource,
+                         params: dict[str, Any], lock_key: int,
+                         finalize: Callable[[sa.Connection], None] | None, workers: int) -> RefreshResult:
+    """`workers` threads, each with its own connection, take the next batch in turn and refresh it.
+
+    Batches are the same as a serial refresh's: a worker fills `batch_ids` from the last id handed out
+    (keyset, under a Python lock, so only this cheap step is serial), then builds the facts and writes
+    the tables while the next worker fills its batch. Each batch is still one transaction over every
+    table. Other refreshes are kept out by `conn`'s transaction holding the refresh lock until the end;
+    `finalize` runs in that transaction after every batch has committed. The first error stops the
+    workers after their current batch and is raised.
+    """
+    result = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
+    facts = batch_facts_of(tables)
+    started = time.perf_counter()
+    engine = conn.engine
+    handout = threading.Lock()
+    state: dict[str, Any] = {"after": None, "done": False, "error": None}
+
+    def work(coordinator_pid: int) -> None:
+        mine = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
+        try:
+            with engine.connect() as worker:
+                while True:
+                    with worker.begin():
+                        with handout:
+                            if state["done"] or state["error"] is not None:
+                                break
+                            held = worker.execute(_BEGIN_WORKER_BATCH,
+                                                  {"pid": coordinator_pid, "key": lock_key}).scalar_one()
+                            if not held:
+                                raise RefreshLockLost("the refresh's coordinator connection lost the refresh "
+                                                      "lock; stopping before another refresh overlaps")
+                            batch = batches.fill(worker, state["after"])
+                            state["after"] = batch.last
+                            state["done"] = batch.count < batches.batch_size
+                        _refresh_one_batch(worker, tables, facts, batch, params, mine)
+        except BaseException as error:  # noqa: BLE001 - handed to the coordinator, which raises it
+            with handout:
+                if state["error"] is None:
+                    state["error"] = error
+        finally:
+            with handout:
+                result.merge(mine)
+
+    with conn.begin():
+        coordinator_pid = conn.execute(_HOLD_REFRESH_LOCK, {"key": lock_key}).one()[1]
+        threads = [threading.Thread(target=work, args=(coordinator_pid,), name=f"refresh-worker-{i}")
+                   for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:  # e.g. the run was terminated: no worker takes another batch
+            with handout:
+                state["done"] = True
+            raise
+        if state["error"] is not None:
+            raise state["error"]
+        if finalize is not None:
+            finalize(conn)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -1,0 +1,159 @@
+"""Parallel status refreshes (`workers` > 1): the same rows as a serial refresh, one refresh at a time,
+and a failing batch leaves nothing half-written — against a real Postgres."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from assets.statuses import STATUS_REFRESH_LOCK_KEY, StatusScope, refresh_statuses
+from orchestration.patterns import derived_table as dt
+from test_statuses_helpers import TODAY, World, refresh_everything
+
+STATUS_TABLES = {
+    "patient_consent_statuses": "patient_id, programme_id",
+    "patient_triage_statuses": "patient_id, programme_id",
+    "patient_vaccination_statuses": "patient_id, programme_id",
+    "patient_session_session_statuses": "patient_session_id, programme_id",
+    "patient_session_registration_statuses": "patient_session_id",
+}
+
+
+def cache(engine) -> dict[str, list[tuple]]:
+    """Every cached row by key (ids left out: they differ between two seedings)."""
+    with engine.connect() as conn:
+        return {table: [tuple(r) for r in conn.execute(sa.text(f"SELECT {keys}, status FROM {table} ORDER BY {keys}"))]
+                for table, keys in STATUS_TABLES.items()}
+
+
+def empty_cache(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE " + ", ".join(STATUS_TABLES)))
+
+
+@pytest.fixture
+def world(engine):
+    """40 patients in two sessions, with consents, triages, records and attendance spread over them."""
+    with engine.begin() as conn:
+        w = World(conn)
+        other = w.session(["hpv", "flu"], [TODAY])
+        w.patients = []
+        for i in range(40):
+            p = w.patient()
+            w.patients.append(p)
+            session = other if i % 3 == 0 else None
+            ps = w.patient_session(p, session)
+            if i % 2:
+                w.consent(p, "hpv", "given" if i % 4 == 1 else "refused", parent_id=w.parent(f"Parent {i}"))
+            if i % 5 == 0:
+                w.consent(p, "flu", "given", parent_id=w.parent(None))
+            if i % 7 == 0:
+                w.triage(p, "hpv", "do_not_vaccinate")
+            if i % 6 == 1:
+                w.record(p, "flu", "administered", session_id=session or w.main_session)
+            if i % 4 == 2:
+                w.attendance(ps, i % 8 == 2, session_id=session)
+    return w
+
+
+def test_parallel_refresh_writes_the_same_rows_as_a_serial_one(world, engine):
+    serial = refresh_everything(engine, batch_size=7)
+    expected = cache(engine)
+    assert sum(len(rows) for rows in expected.values()) > 200
+    empty_cache(engine)
+
+    parallel = refresh_everything(engine, batch_size=7, workers=3)
+    assert cache(engine) == expected
+    for programme, result in parallel.items():
+        assert result.batches == serial[programme].batches  # the same batches, just several at once
+        assert result.written == serial[programme].written
+
+    # Idempotent: a second parallel refresh writes nothing; and it repairs a corrupted row.
+    assert sum(r.written for r in refresh_everything(engine, batch_size=7, workers=3).values()) == 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE patient_consent_statuses SET status = 3 WHERE patient_id = :p"),
+                     {"p": world.patients[1]})
+    repaired = refresh_everything(engine, batch_size=7, workers=3)
+    assert sum(r.tables["patient_consent_statuses"].changed for r in repaired.values()) == 4
+    assert cache(engine) == expected
+
+
+def test_a_session_scope_in_parallel(world, engine):
+    refresh_everything(engine)
+    expected = cache(engine)
+    empty_cache(engine)
+    with engine.connect() as conn:
+        result = refresh_statuses(conn, world.programmes["hpv"], StatusScope(session_ids=(world.main_session,)),
+                                  TODAY, batch_size=5, workers=2)
+    main_patients = {p for i, p in enumerate(world.patients) if i % 3}
+    got = cache(engine)["patient_consent_statuses"]
+    assert {row[0] for row in got} == main_patients
+    assert got == [row for row in expected["patient_consent_statuses"]
+                   if row[0] in main_patients and row[1] == world.programmes["hpv"]]
+    assert result.batches == -(-len(main_patients) // 5)
+
+
+def test_a_parallel_refresh_waits_for_the_refresh_already_running(world, engine):
+    done = threading.Event()
+
+    def run():
+        refresh_everything(engine, batch_size=7, workers=2)
+        done.set()
+
+    with engine.connect() as other:
+        with other.begin():
+            # Another refresh's batch holds the refresh lock.
+            other.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": STATUS_REFRESH_LOCK_KEY})
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(1.0)
+            assert not done.is_set()
+            assert sum(len(rows) for rows in cache(engine).values()) == 0
+        thread.join(timeout=60)
+    assert done.is_set()
+    assert sum(len(rows) for rows in cache(engine).values()) > 200
+
+
+def test_a_worker_batch_sees_whether_the_coordinator_holds_the_refresh_lock(engine):
+    key = STATUS_REFRESH_LOCK_KEY | (7 << 40)  # a key with both halves non-zero
+    with engine.connect() as coordinator, engine.connect() as worker:
+        with coordinator.begin():
+            pid = coordinator.execute(dt._HOLD_REFRESH_LOCK, {"key": key}).one()[1]
+            with worker.begin():
+                assert worker.execute(dt._BEGIN_WORKER_BATCH, {"pid": pid, "key": key}).scalar_one() is True
+                assert worker.execute(dt._BEGIN_WORKER_BATCH, {"pid": pid, "key": key + 1}).scalar_one() is False
+        with worker.begin():  # the coordinator's transaction ended: the lock is gone
+            assert worker.execute(dt._BEGIN_WORKER_BATCH, {"pid": pid, "key": key}).scalar_one() is False
+
+
+def test_a_failing_batch_stops_the_refresh_and_is_not_half_written(engine):
+    """A derived table whose value fails for one id: that batch writes nothing, finalize never runs."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE parallel_probe (id bigserial PRIMARY KEY, item bigint UNIQUE NOT NULL, "
+                             "status smallint NOT NULL, copy smallint)"))
+    probe = dt.DerivedTable(
+        name="parallel_probe", key_columns=("item",),
+        expected_sql="SELECT id AS item FROM batch_ids",
+        existing_sql="SELECT p.id AS row_id, p.item, p.status AS cached FROM parallel_probe AS p "
+                     "WHERE p.item IN (SELECT id FROM batch_ids)",
+        value_expr="(k.item % 100) / (k.item - CAST(:bad AS bigint))")
+    finalized = []
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(sa.exc.DBAPIError, match="division by zero"):
+                dt.refresh(conn, [probe], dt.list_batches(range(1, 41), batch_size=4), {"bad": 22},
+                           lock_key=0x5053_0F00, finalize=finalized.append, workers=3)
+            written = set(conn.execute(sa.text("SELECT item FROM parallel_probe")).scalars())
+        assert finalized == []
+        assert not written & {21, 22, 23, 24}  # the failing batch: nothing of it
+        assert written <= set(range(1, 41)) and written  # other batches committed whole
+        for first in range(1, 41, 4):
+            batch = set(range(first, first + 4))
+            assert batch <= written or not batch & written
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE parallel_probe"))
