@@ -126,7 +126,7 @@ def refresh_statuses(
     workers: int = 1,
 ) -> dt.RefreshResult:
     """Seed, recompute and write back the status tables of one programme over `scope`, with up to
-    `workers` batches at once (a list of patients that fits one batch is refreshed serially)."""
+    `workers` batches at once."""
     tables = tables_named(table_names)
     result = dt.RefreshResult(tables={t.name: dt.RefreshCounts() for t in tables})
     programme_type = conn.execute(sa.text("SELECT type FROM programmes WHERE id = :id"),
@@ -141,9 +141,8 @@ def refresh_statuses(
     for index, (batches, extra) in enumerate(passes):
         last = index == len(passes) - 1
         params = {**base_params(programme_id, today), **extra}
-        one_batch = batches.known_count is not None and batches.known_count <= batch_size
         result.merge(dt.refresh(conn, tables, batches, params, STATUS_REFRESH_LOCK_KEY,
-                                finalize=finalize if last else None, workers=1 if one_batch else workers))
+                                finalize=finalize if last else None, workers=workers))
     return result
 
 

@@ -300,11 +300,13 @@ def refresh(
     `conn` must not be inside a transaction. `finalize(conn)` runs once every batch has committed, in
     the last transaction of the refresh, so work that must only count once the refresh is complete
     (e.g. marking requests processed) commits with it. `workers` > 1 refreshes that many batches at
-    once, on connections of their own (see `_refresh_in_parallel`).
+    once, on connections of their own (see `_refresh_in_parallel`), unless the ids are known to fit
+    one batch.
     """
     if conn.in_transaction():
         conn.commit()  # e.g. autobegun by an earlier read
-    if workers > 1:
+    one_batch = batches.known_count is not None and batches.known_count <= batches.batch_size
+    if workers > 1 and not one_batch:
         return _refresh_in_parallel(conn, tables, batches, params, lock_key, finalize, workers)
     result = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
     facts = batch_facts_of(tables)
