@@ -248,13 +248,25 @@ class BatchSource:
     batch_size: int = DEFAULT_BATCH_SIZE
     known_count: int | None = None  # how many ids in all, when known up front (a list of ids)
 
-    def fill(self, conn: sa.Connection, after: Any) -> Batch:
-        """Create and fill `batch_ids` with the next batch, inside the caller's transaction."""
+    def fill(self, conn: sa.Connection, after: Any, limit: int | None = None) -> Batch:
+        """Create and fill `batch_ids` with the next batch (at most `limit` ids, the batch size unless
+        given), inside the caller's transaction."""
         conn.execute(sa.text(f"CREATE TEMP TABLE {BATCH_TABLE} ON COMMIT DROP AS SELECT id FROM ({self.sql}) AS b"),
-                     {**self.params, "after": after, "limit": self.batch_size})
+                     {**self.params, "after": after, "limit": limit or self.batch_size})
         batch = Batch(*conn.execute(sa.text(f"SELECT count(*), min(id), max(id) FROM {BATCH_TABLE}")).one())
         conn.execute(sa.text(f"ANALYZE {BATCH_TABLE}"))
         return batch
+
+    def balanced_size(self, conn: sa.Connection, workers: int) -> int:
+        """A batch size no larger than the batch size that splits the scope into a multiple of
+        `workers` batches of equal size, so parallel workers finish together (6 batches of 10,000,
+        10,000, …, 1,572 would leave one worker idle for the last round)."""
+        count = self.known_count
+        if count is None:  # LIMIT NULL is no limit: the whole scope, counted without being fetched
+            count = conn.execute(sa.text(f"SELECT count(*) FROM ({self.sql}) AS b"),
+                                 {**self.params, "after": None, "limit": None}).scalar_one()
+        rounds = max(1, -(-count // (workers * self.batch_size)))
+        return max(1, min(self.batch_size, -(-count // (workers * rounds))))
 
 
 def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
@@ -348,9 +360,10 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
                          finalize: Callable[[sa.Connection], None] | None, workers: int) -> RefreshResult:
     """`workers` threads, each with its own connection, take the next batch in turn and refresh it.
 
-    Batches are the same as a serial refresh's: a worker fills `batch_ids` from the last id handed out
-    (keyset, under a Python lock, so only this cheap step is serial), then builds the facts and writes
-    the tables while the next worker fills its batch. Each batch is still one transaction over every
+    Batches are keyset pages as in a serial refresh, of an equal size no larger than the batch size
+    (`BatchSource.balanced_size`): a worker fills `batch_ids` from the last id handed out (under a
+    Python lock, so only this cheap step is serial), then builds the facts and writes the tables
+    while the next worker fills its batch. Each batch is still one transaction over every
     table. Other refreshes are kept out by `conn`'s transaction holding the refresh lock until the end;
     `finalize` runs in that transaction after every batch has committed. The first error stops the
     workers after their current batch and is raised.
@@ -376,9 +389,9 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
                             if not held:
                                 raise RefreshLockLost("the refresh's coordinator connection lost the refresh "
                                                       "lock; stopping before another refresh overlaps")
-                            batch = batches.fill(worker, state["after"])
+                            batch = batches.fill(worker, state["after"], batch_size)
                             state["after"] = batch.last
-                            state["done"] = batch.count < batches.batch_size
+                            state["done"] = batch.count < batch_size
                         _refresh_one_batch(worker, tables, facts, batch, params, mine)
         except BaseException as error:  # noqa: BLE001 - handed to the coordinator, which raises it
             with handout:
@@ -390,6 +403,7 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
 
     with conn.begin():
         coordinator_pid = conn.execute(_HOLD_REFRESH_LOCK, {"key": lock_key}).one()[1]
+        batch_size = batches.balanced_size(conn, workers)
         threads = [threading.Thread(target=work, args=(coordinator_pid,), name=f"refresh-worker-{i}")
                    for i in range(workers)]
         for thread in threads:
