@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from assets.results import _ROW_ID_PARAMS, _SNOMED_PARAMS, _SNOMED_SQL, backfill_results
+from assets.results import ORDER_ROW_ID_SQL, _ROW_ID_PARAMS, _SNOMED_PARAMS, _SNOMED_SQL, backfill_results
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
 
@@ -94,7 +94,7 @@ FLOOR_TABLES = {
 FLOOR_INSERT = f"""
     INSERT INTO {{table}} (internal_id, created_at, created_by, updated_at, updated_by, is_deleted,
                          test_event_id, test_order_id, disease_id, result, test_result)
-    SELECT md5(:order_row_ns || src.internal_id::text)::uuid,
+    SELECT {ORDER_ROW_ID_SQL},
            src.created_at, src.created_by, src.updated_at, src.updated_by, false,
            src.test_event_id, src.internal_id, :disease_id, {_SNOMED_SQL}, src.result
     FROM test_order AS src

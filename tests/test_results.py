@@ -143,6 +143,21 @@ def test_both_passes_insert_exactly_the_rule_rows(engine, rule_cases):
     assert all(row[2] == COVID19_DISEASE_ID for row in new), "never a Flu row for legacy data"
 
 
+def test_row_ids_are_version_3_uuids_of_their_source_row(engine, rule_cases):
+    # uuid.uuid3(pass namespace, str(source id)): recomputable anywhere, valid for any UUID library.
+    with engine.connect() as conn:
+        before = set(_results_by_id(conn))
+        counts = backfill_results(conn, *EVERYTHING)
+        rows = [r for r in conn.execute(sa.text("SELECT internal_id, test_order_id, test_event_id FROM result"))
+                if r.internal_id not in before]
+    order_rows = [r for r in rows if r.internal_id == uuid.uuid3(results_family.ORDER_ROW_NAMESPACE,
+                                                                  str(r.test_order_id))]
+    event_rows = [r for r in rows if r.test_event_id is not None
+                  and r.internal_id == uuid.uuid3(results_family.EVENT_ROW_NAMESPACE, str(r.test_event_id))]
+    assert (len(order_rows), len(event_rows)) == (counts.order_rows, counts.event_rows) == (4, 3)
+    assert all(r.internal_id.version == 3 and r.internal_id.variant == uuid.RFC_4122 for r in rows)
+
+
 def test_rerun_is_a_no_op(engine, rule_cases):
     with engine.connect() as conn:
         backfill_results(conn, *EVERYTHING)
