@@ -168,7 +168,7 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
         _refresh_all(engine, StatusScope(all=True), today, flu, workers=1)
     report.add("one batch at a time: no-change refresh, flu partition", t(), "s")
     # The parallel empty-cache refresh, EMPTY_CACHE_RUNS times from an emptied cache: its median is the
-    # figure (one run on a shared 2-core machine varies by ±15%), the range goes in the note.
+    # figure (one run on a shared 2-core machine varies by ±15%); the fastest and slowest are reported too.
     flu_runs = []
     for _ in range(EMPTY_CACHE_RUNS):
         with engine.begin() as conn:
