@@ -211,6 +211,18 @@ class BackfillCounts:
     def inserted(self) -> int:
         return self.order_rows + self.event_rows + self.order_rows_from_event_pass
 
+    def add(self, other: "BackfillCounts") -> None:
+        """Fold in a later run's counts (e.g. consecutive ranges of one backfill)."""
+        for mine, theirs in ((self.order_pass, other.order_pass), (self.event_pass, other.event_pass)):
+            for month, rows in theirs.items():
+                mine[month] = mine.get(month, 0) + rows
+        self.order_rows_from_event_pass += other.order_rows_from_event_pass
+        self.scanned += other.scanned
+        self.batches += other.batches
+        self.seconds += other.seconds
+        self.order_pass_seconds += other.order_pass_seconds
+        self.event_pass_seconds += other.event_pass_seconds
+
 
 def month_starts(start: datetime, end: datetime) -> list[datetime]:
     """First instants (UTC) of the months that intersect [start, end)."""

@@ -3,9 +3,10 @@
 Data are built in SQL (generate_series) over 24 months: 8% pending orders (60% of them without a result),
 3% submitted without a result, 10% corrected (ORIGINAL + CORRECTED), 3% removed (ORIGINAL + REMOVED), the
 rest one ORIGINAL event. The project's way is `backfill_results` (both passes, keyset batches of 10,000, one
-transaction each), run as two ranges as a user would from the UI: the first FLOOR_MONTHS months, then the rest. The baseline inserts the same order-pass rows one statement per source row (the way a
-loop in application code would), on a sample: committing every 10,000 rows like the backfill, and again
-committing every row; its rows are then deleted (scratch database) so the measured backfill starts from nothing.
+transaction each), run as two ranges as a user would from the UI: the first FLOOR_MONTHS months, then the rest.
+The baseline inserts the same order-pass rows one statement per source row (the way a loop in application code
+would), on a sample: committing every 10,000 rows like the backfill, and again committing every row; its rows
+are then deleted (scratch database) so the measured backfill starts from nothing.
 
 The floor is what any set-based method can reach here: one bare `INSERT … SELECT` (no batches, no anti-join,
 the backfill's projection) of the order-pass rows of the first FLOOR_MONTHS months into an empty copy of
@@ -125,23 +126,6 @@ def _checkpoint(conn: sa.Connection) -> None:
     conn.commit()
 
 
-def _combined(*runs: BackfillCounts) -> BackfillCounts:
-    """The counts of consecutive range runs as one backfill's."""
-    total = BackfillCounts()
-    for run_counts in runs:
-        for month, rows in run_counts.order_pass.items():
-            total.order_pass[month] = total.order_pass.get(month, 0) + rows
-        for month, rows in run_counts.event_pass.items():
-            total.event_pass[month] = total.event_pass.get(month, 0) + rows
-        total.order_rows_from_event_pass += run_counts.order_rows_from_event_pass
-        total.scanned += run_counts.scanned
-        total.batches += run_counts.batches
-        total.seconds += run_counts.seconds
-        total.order_pass_seconds += run_counts.order_pass_seconds
-        total.event_pass_seconds += run_counts.event_pass_seconds
-    return total
-
-
 def run(db: BenchDatabase, scale: float) -> BenchReport:
     report = BenchReport("results_backfill", scale)
     orders = max(10_000, int(ORDERS_AT_SCALE_1 * scale))
@@ -195,7 +179,9 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
             first = backfill_results(conn, START, FLOOR_END)
             rest = backfill_results(conn, FLOOR_END, END)
         backfill_seconds = t()
-        counts = _combined(first, rest)
+        counts = BackfillCounts()
+        for range_counts in (first, rest):
+            counts.add(range_counts)
         with timed() as t:
             rerun = backfill_results(conn, START, END)
         rerun_seconds = t()

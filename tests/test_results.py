@@ -177,6 +177,11 @@ def test_months_in_any_order_give_the_same_rows(engine, rule_cases):
         new = _new_rows(conn, before_ids)
     assert new == _expected_new_rows()
     assert april.inserted + march.inserted == len(_expected_new_rows())
+    both = results_family.BackfillCounts()
+    for counts in (april, march):
+        both.add(counts)
+    assert both.inserted == len(_expected_new_rows()) and both.batches == april.batches + march.batches
+    assert both.order_pass["2024-03"] == march.order_pass["2024-03"] + april.order_pass.get("2024-03", 0)
 
 
 def test_the_check_names_what_is_missing(engine, rule_cases):
