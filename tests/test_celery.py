@@ -214,6 +214,12 @@ def test_backfill_on_two_celery_workers_equals_single_process(seeded_pair, s3_en
     app = make_app({"broker": celery_config["broker"], "backend": celery_config["backend"]})
     app.control.purge()  # tasks left by an interrupted earlier run would confuse the count
 
+    # The storage's tables are created by the first process that opens an empty storage database; two
+    # workers starting at once would both try (`type "secondary_indexes" already exists`), so create them
+    # here first, as `dagster instance migrate` does in deploy/celery/README.md.
+    with DagsterInstance.get() as instance:
+        instance.upgrade()
+
     logs = [tmp_path / f"{name}.log" for name in WORKERS]
     workers = [start_worker(name, env, log) for name, log in zip(WORKERS, logs)]
     try:
