@@ -176,3 +176,27 @@ def test_a_failing_batch_stops_the_refresh_and_is_not_half_written(engine):
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE parallel_probe"))
+
+
+def test_a_row_written_outside_the_refresh_is_skipped_as_on_conflict_do_nothing(engine):
+    """The seed inserts without a conflict clause and falls back to ON CONFLICT DO NOTHING on a unique
+    violation: a row the refresh cannot see (here: `existing_sql` misses it, as a row committed by a
+    writer outside the refresh would be) is left alone and every other row of the batch is still written."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE conflict_probe (id bigserial PRIMARY KEY, item bigint UNIQUE NOT NULL, "
+                             "status smallint NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO conflict_probe (item, status) VALUES (3, 99)"))
+    probe = dt.DerivedTable(
+        name="conflict_probe", key_columns=("item",),
+        expected_sql="SELECT id AS item FROM batch_ids",
+        existing_sql="SELECT p.id AS row_id, p.item, p.status AS cached FROM conflict_probe AS p WHERE false",
+        value_expr="k.item * 10")
+    try:
+        with engine.connect() as conn:
+            result = dt.refresh(conn, [probe], dt.list_batches(range(1, 6)), {}, lock_key=0x5053_0F01)
+            rows = dict(conn.execute(sa.text("SELECT item, status FROM conflict_probe")).all())
+        assert rows == {1: 10, 2: 20, 3: 99, 4: 40, 5: 50}
+        assert result.tables["conflict_probe"].seeded == 4
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE conflict_probe"))
