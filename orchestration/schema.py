@@ -237,9 +237,15 @@ SUPPORTED_DISEASES = (
 NO_JOB_ID = uuid.UUID("00000000-0000-0000-0000-000000000000")
 
 
-def _id() -> Column:
-    """A bigint identity primary key (Mavis-style ids)."""
-    return Column("id", BigInteger, Identity(always=False), primary_key=True)
+def _id(cache: int = 1) -> Column:
+    """A bigint identity primary key (Mavis-style ids). `cache` > 1 lets each connection take that many
+    ids at once: for tables filled in bulk by several connections (migration 0004)."""
+    return Column("id", BigInteger, Identity(always=False, cache=cache), primary_key=True)
+
+
+# Ids each connection takes at once from a status table's sequence: a refresh inserts up to 10,000 rows
+# per table and batch on each of its connections, which otherwise share one sequence page per row.
+STATUS_ID_CACHE = 1000
 
 
 def _uuid_id(name: str = "id") -> Column:
@@ -369,7 +375,7 @@ def _patient_status_table(name: str, codes: type[enum.IntEnum]) -> Table:
     """A cached per-(patient, programme) status table (§1.3)."""
     return Table(
         name, metadata,
-        _id(),
+        _id(STATUS_ID_CACHE),
         Column("patient_id", BigInteger, ForeignKey("patients.id", ondelete="CASCADE"), nullable=False),
         # No foreign key to programmes (§1.3 names patients / patient_sessions only; migration 0003).
         Column("programme_id", BigInteger, nullable=False),
@@ -385,7 +391,7 @@ patient_vaccination_statuses = _patient_status_table("patient_vaccination_status
 
 patient_session_session_statuses = Table(
     "patient_session_session_statuses", metadata,
-    _id(),
+    _id(STATUS_ID_CACHE),
     Column("patient_session_id", BigInteger, ForeignKey("patient_sessions.id", ondelete="CASCADE"),
            nullable=False),
     Column("programme_id", BigInteger, nullable=False),  # no foreign key: see _patient_status_table
@@ -396,7 +402,7 @@ patient_session_session_statuses = Table(
 
 patient_session_registration_statuses = Table(
     "patient_session_registration_statuses", metadata,
-    _id(),
+    _id(STATUS_ID_CACHE),
     Column("patient_session_id", BigInteger, ForeignKey("patient_sessions.id", ondelete="CASCADE"),
            nullable=False, unique=True),
     Column("status", SmallInteger, nullable=False, server_default=text("0"), index=True),

@@ -81,6 +81,29 @@ def test_upgrade_twice_is_a_no_op_and_matches_the_declared_schema(migrated_engin
     assert current_revision(url) == head_revision()
 
 
+def _identity_caches(conn: sa.Connection) -> dict[str, int]:
+    """Per table: the cache of its identity column's sequence (Alembic's compare_metadata ignores it)."""
+    return dict(conn.execute(sa.text(
+        "SELECT c.relname, s.seqcache FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public' "
+        "JOIN pg_sequence s ON s.seqrelid = pg_get_serial_sequence(quote_ident(c.relname), a.attname)::regclass "
+        "WHERE a.attidentity <> '' AND c.relkind = 'r'")).all())
+
+
+def test_identity_caches_match_the_declared_schema_and_downgrade(migrated_engine):
+    url = migrated_engine.url.render_as_string(hide_password=False)
+    declared = {table.name: column.identity.cache or 1 for table in schema.metadata.sorted_tables
+                for column in table.columns if column.identity is not None}
+    with migrated_engine.connect() as conn:
+        assert _identity_caches(conn) == declared
+    status_tables = {name for name, cache in declared.items() if cache == schema.STATUS_ID_CACHE}
+    assert status_tables == {"patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
+                             "patient_session_session_statuses", "patient_session_registration_statuses"}
+    downgrade(url, "0003")
+    with migrated_engine.connect() as conn:
+        assert set(_identity_caches(conn).values()) == {1}
+
+
 # --- names from domain.md -----------------------------------------------------------------------
 
 EXPECTED_COLUMNS = {
