@@ -120,8 +120,10 @@ class DerivedTable:
         merged = ", ".join(f"coalesce(e.{c}, x.{c}) AS {c}" for c in (*keys, *self.context_columns))
         on = " AND ".join(f"e.{c} = x.{c}" for c in keys)
         return (
-            f"expected AS MATERIALIZED ({self.expected_sql}), "
-            f"existing AS MATERIALIZED ({self.existing_sql}), "
+            # expected and existing are read once, so Postgres plans them into the join (no copy);
+            # rows is read by the insert, the update and the counts, so it is computed once.
+            f"expected AS ({self.expected_sql}), "
+            f"existing AS ({self.existing_sql}), "
             f"rows AS MATERIALIZED ("
             f"SELECT {self._list('k', keys)}, k.row_id, k.cached, "
             f"CAST(({self.value_expr}) AS {self.value_type}) AS computed "
