@@ -131,22 +131,14 @@ class DerivedTable:
             f"{self.value_joins})"
         )
 
-    @property
-    def refresh_statement(self) -> sa.TextClause:
-        """Seed the missing rows (`INSERT … ON CONFLICT (key) DO NOTHING`) and write back changed rows."""
-        return self._refresh_statement(on_conflict=True)
-
-    @property
-    def refresh_statement_optimistic(self) -> sa.TextClause:
-        """The same without the conflict clause: the missing rows are those absent from the statement's
-        snapshot, and the refresh lock makes the refresh their only writer, so a conflict needs a writer
-        outside it. `refresh_batch` runs this one in a savepoint and falls back to `refresh_statement`
-        on a unique violation, so the outcome is always that of ON CONFLICT DO NOTHING; the common case
-        skips its speculative insertion (an arbiter-index probe and an extra WAL record per row, about
-        a sixth of an empty-cache write)."""
-        return self._refresh_statement(on_conflict=False)
-
-    def _refresh_statement(self, on_conflict: bool) -> sa.TextClause:
+    def refresh_statement(self, on_conflict: bool = True) -> sa.TextClause:
+        """Seed the missing rows and write back the changed ones. Without `on_conflict` the insert has no
+        `ON CONFLICT (key) DO NOTHING`: the missing rows are those absent from the statement's snapshot,
+        and the refresh lock makes the refresh their only writer, so a conflict needs a writer outside
+        it; `refresh_batch` runs that form in a savepoint and falls back to the full one on a unique
+        violation, so the outcome is always that of ON CONFLICT DO NOTHING, and the common case skips the
+        speculative insertion (an arbiter-index probe and an extra WAL record per row, about a sixth of
+        an empty-cache write)."""
         # `cached` is the row's value in this statement's snapshot, and only the refresh (holding the
         # advisory lock) writes these tables, so filtering on it lets the UPDATE touch changed rows only;
         # their ids as an array make it reach them by primary key (a join would scan the whole table
@@ -245,12 +237,12 @@ def refresh_batch(conn: sa.Connection, table: DerivedTable, params: dict[str, An
     started = time.perf_counter()
     try:
         with conn.begin_nested():
-            seeded, computed, changed = conn.execute(table.refresh_statement_optimistic, params).one()
+            seeded, computed, changed = conn.execute(table.refresh_statement(on_conflict=False), params).one()
     except sa.exc.IntegrityError as error:
         if getattr(error.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise
         # A row of the batch was inserted by a writer outside the refresh: skip it, as ON CONFLICT does.
-        seeded, computed, changed = conn.execute(table.refresh_statement, params).one()
+        seeded, computed, changed = conn.execute(table.refresh_statement(), params).one()
     return RefreshCounts(seeded=seeded, changed=changed, unchanged=computed - changed, batches=1,
                          seconds=time.perf_counter() - started)
 
