@@ -150,21 +150,22 @@ def programme_ids_by_type(conn: sa.Connection) -> dict[str, int]:
     return dict(conn.execute(sa.text("SELECT type, id FROM programmes")).all())
 
 
-def mark_requests_processed(conn: sa.Connection, request_ids: Iterable[int],
-                            requested_before: datetime | None = None) -> int:
-    """Mark requests processed: the given ids, plus (for a full run) every request made before it started."""
-    result = conn.execute(
-        sa.text(
-            """
-            UPDATE status_refresh_requests SET processed_at = now()
-            WHERE processed_at IS NULL
-              AND (id = ANY(CAST(:ids AS bigint[]))
-                   OR requested_at < CAST(:before AS timestamptz))
-            """
-        ),
-        {"ids": sorted(set(request_ids)), "before": requested_before},
-    )
-    return result.rowcount
+def pending_request_ids(conn: sa.Connection) -> list[int]:
+    """The requests not yet processed, as committed now. A request commits with the change that raised
+    it, so a full run that starts after reading these sees every change they ask for; one committed
+    later (even by a transaction that began earlier, so with an older `requested_at`) may hold a change
+    the run's batches read too soon, and is left for the next run."""
+    return conn.execute(sa.text(
+        "SELECT id FROM status_refresh_requests WHERE processed_at IS NULL ORDER BY id")).scalars().all()
+
+
+def mark_requests_processed(conn: sa.Connection, request_ids: Iterable[int]) -> int:
+    """Mark the given requests processed (those not already marked); returns how many."""
+    return conn.execute(
+        sa.text("UPDATE status_refresh_requests SET processed_at = now() "
+                "WHERE processed_at IS NULL AND id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": sorted(set(request_ids))},
+    ).rowcount
 
 
 def drift_sample_ids(conn: sa.Connection, sample_size: int) -> list[int]:
@@ -377,7 +378,6 @@ def _run_today(config: StatusRefreshConfig) -> date:
 )
 def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, postgres: PostgresResource):
     today = _run_today(config)
-    started_at = now_utc()  # read once; a full run marks every request made before it started
     scope = config.to_scope()
     workers = config.workers or get_settings().status_refresh_workers
     names = [key.path[-1] for key in context.selected_asset_keys]
@@ -391,17 +391,18 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
         unknown = [p for p in programmes if p not in ids]
         if unknown:
             raise ValueError(f"programme partitions without a programmes row: {unknown}")
-        # Only a full run over EVERY programme repairs whatever an earlier request asked for.
-        covers_all = scope.all and set(programmes) >= set(
-            context.instance.get_dynamic_partitions(programmes_partitions.name))
-        # Margin: a writer's transaction that began just before this run may commit after our batch read it.
-        before = started_at - timedelta(minutes=1) if covers_all else None
+        # Only a full run of EVERY table over EVERY programme repairs whatever an earlier request asked
+        # for: it settles every request committed before it starts (see pending_request_ids).
+        covers_all = (scope.all and set(names) == set(q.STATUS_TABLES_BY_NAME) and set(programmes) >= set(
+            context.instance.get_dynamic_partitions(programmes_partitions.name)))
+        request_ids = [*config.request_ids, *(pending_request_ids(conn) if covers_all else [])]
+        conn.commit()
         for index, programme in enumerate(programmes):
             finalize = None
-            if index == len(programmes) - 1 and (config.request_ids or before):
+            if index == len(programmes) - 1 and request_ids:
                 # Requests count as processed only with the run's last batch (at-least-once).
-                def finalize(c, _before=before):
-                    marked[0] = mark_requests_processed(c, config.request_ids, _before)
+                def finalize(c):
+                    marked[0] = mark_requests_processed(c, request_ids)
 
             result = refresh_statuses(conn, ids[programme], scope, today, names, finalize=finalize,
                                       workers=workers)

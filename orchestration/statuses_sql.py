@@ -365,7 +365,9 @@ PROGRAMME_PATIENTS_SQL = f"""
            AND s.programme_id = {PROGRAMME}
          ORDER BY s.patient_id LIMIT :limit)
         UNION
-        (SELECT ps.patient_id FROM patient_sessions AS ps
+        -- DISTINCT: a patient with several patient_sessions must not use up more than one of the
+        -- :limit places, or a patient found only here could fall past the batch's end and be skipped.
+        (SELECT DISTINCT ps.patient_id FROM patient_sessions AS ps
          JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.id
          WHERE (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
            AND s.programme_id = {PROGRAMME}

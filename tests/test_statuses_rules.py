@@ -21,6 +21,7 @@ from orchestration.schema import (
     TriageStatus as T,
     VaccinationStatus as V,
 )
+from orchestration.statuses_sql import DATE_DEPENDENT_TABLES
 from test_statuses_helpers import TODAY, World, refresh_everything
 
 
@@ -361,6 +362,28 @@ def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
         w.conn = conn
         assert w.registration_status(ps) == R.UNKNOWN  # upstream's all?([]) said completed
         assert w.patient_status("patient_consent_statuses", p, "hpv") == C.NO_RESPONSE  # row kept
+
+
+def test_a_programme_refresh_reaches_every_patient_holding_its_session_rows(engine):
+    """Rows no longer expected are still recomputed, even for a patient found only through its session
+    rows, right after one with several patient_sessions at a batch boundary."""
+    with engine.begin() as conn:
+        w = World(conn)
+        other = w.session(["hpv"], [TODAY])
+        a, b = w.patient(), w.patient()  # lower ids than the eligible patients below
+        w.patient_session(a), w.patient_session(a, other)
+        ps_b = w.patient_session(b)
+        w.patient(), w.patient()
+    # Session rows only (as the day-change refresh writes them): a and b have no patient-level hpv rows.
+    refresh_everything(engine, table_names=DATE_DEPENDENT_TABLES)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id IN (:a, :b)"), {"a": a, "b": b})
+        conn.execute(sa.text("UPDATE patient_session_session_statuses SET status = 7 WHERE patient_session_id = :ps"),
+                     {"ps": ps_b})
+    refresh_everything(engine, batch_size=2)
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.session_status(ps_b, "hpv") == S.NONE_YET
 
 
 def test_today_is_the_injected_london_date(engine):
