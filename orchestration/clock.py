@@ -86,13 +86,9 @@ def print_date(now: datetime) -> date:
 
 
 def age_on(birth: date, day: date) -> int:
-    """Whole years on `day`; a 29 February birthday counts as 28 February in other years."""
-    years = day.year - birth.year
-    try:
-        birthday = birth.replace(year=day.year)
-    except ValueError:  # 29 February in a non-leap year
-        birthday = date(day.year, 2, 28)
-    return years - (1 if day < birthday else 0)
+    """Whole years on `day`, as Mavis counts them (AgeConcern#age): a year is complete once `day`'s
+    (month, day) reaches the birth's, so a 29 February birthday is reached on 1 March in other years."""
+    return day.year - birth.year - (1 if (day.month, day.day) < (birth.month, birth.day) else 0)
 
 
 def letter_deadline_on(day: date) -> datetime:

@@ -44,16 +44,15 @@ SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
 
 
-# Whole years on `day`, as clock.age_on (a 29 February birthday counts as 28 February).
+# Whole years on `day`, as clock.age_on (a 29 February birthday is reached on 1 March in other years).
 def _age(dob: str, day: str) -> str:
     return (f"(extract(year FROM {day})::int - extract(year FROM {dob})::int - "
-            f"CASE WHEN {day} < ({dob} + make_interval(years => extract(year FROM {day})::int "
-            f"- extract(year FROM {dob})::int))::date THEN 1 ELSE 0 END)")
+            f"CASE WHEN (extract(month FROM {day}), extract(day FROM {day})) "
+            f"< (extract(month FROM {dob}), extract(day FROM {dob})) THEN 1 ELSE 0 END)")
 
 
-# Given at age 10 or over: on or after the 10th birthday (the same 29 February rule as `_age`, as
-# Postgres adds whole years the same way), a comparison instead of computing the age of every record.
-_TEN_OR_OVER = "r.performed_on >= (pt.date_of_birth + interval '10 years')::date"
+# Given at age 10 or over (Postgres's `date + 10 years` would put a 29 February 10th birthday on 28 February).
+_TEN_OR_OVER = f"{_age('pt.date_of_birth', 'r.performed_on')} >= 10"
 
 # Programmes each patient of the batch is eligible for (by year group today).
 ELIGIBLE_CTE = f"""

@@ -72,8 +72,8 @@ def test_retention_cutoff_keeps_whole_local_days_plus_today():
 @pytest.mark.parametrize(
     ("birth", "day", "age"),
     [
-        (date(2012, 2, 29), date(2023, 2, 28), 11),  # leap-day birthday counts on 28 Feb
-        (date(2012, 2, 29), date(2023, 2, 27), 10),
+        (date(2012, 2, 29), date(2023, 2, 28), 10),  # as Mavis: a leap-day birthday is reached on 1 March
+        (date(2012, 2, 29), date(2023, 3, 1), 11),
         (date(2012, 2, 29), date(2024, 2, 28), 11),  # leap year: birthday is the 29th
         (date(2012, 2, 29), date(2024, 2, 29), 12),
         (date(2010, 9, 1), date(2020, 8, 31), 9),
