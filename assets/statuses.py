@@ -199,23 +199,37 @@ def status_coverage(conn: sa.Connection, today: date, table_names: Iterable[str]
     return {name: rows[:limit] for name, rows in found.items()}
 
 
-# Bad input the schema cannot forbid on its own (CHECK constraints stop most unknown codes; these
-# queries still name them if a constraint was dropped or a loader bypassed it).
+# Bad input the schema cannot forbid on its own (CHECK and NOT NULL constraints stop unknown and missing
+# codes; these queries still name them if a constraint was dropped or a loader bypassed it — hence the
+# IS NULL tests, which NOT IN alone would miss).
 BAD_INPUT_QUERIES = {
-    "consents with an unknown response or route": """
-        SELECT id FROM consents WHERE response NOT IN (0, 1, 2) OR route NOT IN (0, 1, 2, 3, 4) ORDER BY id LIMIT 100""",
-    "triages with an unknown status": """
-        SELECT id FROM triages WHERE status NOT IN (0, 1, 2, 3) ORDER BY id LIMIT 100""",
-    "vaccination records with an unknown outcome": """
-        SELECT id FROM vaccination_records WHERE outcome NOT IN (0, 1, 2, 3, 4, 5, 6) ORDER BY id LIMIT 100""",
+    "consents with an unknown or missing response or route": """
+        SELECT id FROM consents
+        WHERE response IS NULL OR response NOT IN (0, 1, 2) OR route IS NULL OR route NOT IN (0, 1, 2, 3, 4)
+        ORDER BY id LIMIT 100""",
+    "triages with an unknown or missing status": """
+        SELECT id FROM triages WHERE status IS NULL OR status NOT IN (0, 1, 2, 3) ORDER BY id LIMIT 100""",
+    "vaccination records with an unknown or missing outcome": """
+        SELECT id FROM vaccination_records WHERE outcome IS NULL OR outcome NOT IN (0, 1, 2, 3, 4, 5, 6)
+        ORDER BY id LIMIT 100""",
     "consents whose health_answers is not a list": """
         SELECT id FROM consents WHERE jsonb_typeof(health_answers) <> 'array' ORDER BY id LIMIT 100""",
     "vaccination records performed in the future": """
         SELECT id FROM vaccination_records
         WHERE discarded_at IS NULL AND performed_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
-    "consents submitted in the future": """
+    "consents submitted or created in the future": """
         SELECT id FROM consents
-        WHERE invalidated_at IS NULL AND submitted_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
+        WHERE invalidated_at IS NULL AND (submitted_at > CAST(:now AS timestamptz) OR created_at > CAST(:now AS timestamptz))
+        ORDER BY id LIMIT 100""",
+    # A future triage would stay the latest one, whatever is recorded after it.
+    "triages created in the future": """
+        SELECT id FROM triages
+        WHERE invalidated_at IS NULL AND created_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
+    "attendances on a date of another session": """
+        SELECT a.id FROM session_attendances AS a
+        JOIN session_dates AS sd ON sd.id = a.session_date_id
+        JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
+        WHERE sd.session_id <> ps.session_id ORDER BY a.id LIMIT 100""",
     "vaccination records whose session lacks the programme": """
         SELECT vr.id FROM vaccination_records AS vr
         WHERE vr.session_id IS NOT NULL AND NOT EXISTS (

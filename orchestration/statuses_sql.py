@@ -215,13 +215,15 @@ REGISTRATION_STATUS_EXPR = """CASE
     ELSE 0
 END"""
 
-# Reads the batch fact `batch_patient_sessions`.
+# Reads the batch fact `batch_patient_sessions`. Only a date of the patient_session's own session
+# counts (an attendance on another session's date is bad input, named by the inputs check).
 TODAYS_ATTENDANCE_CTE = """
 todays_attendance AS (
     SELECT a.patient_session_id, a.attending
     FROM session_attendances AS a
-    JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
     JOIN batch_patient_sessions AS ps ON ps.patient_session_id = a.patient_session_id
+    JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.session_id = ps.session_id
+                            AND sd.value = CAST(:today AS date)
 )"""
 
 # The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
@@ -414,7 +416,8 @@ EXPLAIN_INPUTS = {
     "today's attendance": f"""
         SELECT a.patient_session_id, sd.value AS session_date, a.attending
         FROM session_attendances AS a
-        JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.value = CAST(:today AS date)
         JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
+        JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.session_id = ps.session_id
+                                AND sd.value = CAST(:today AS date)
         WHERE {in_batch('ps.patient_id')} ORDER BY a.patient_session_id""",
 }

@@ -22,7 +22,7 @@ Migrations are frozen: the function body is written out here, not imported.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-05
+Create Date: 2026-12-04
 """
 
 from typing import Sequence, Union
