@@ -317,8 +317,8 @@ session_statuses = DerivedTable(
 )
 
 # One row per patient_session with at least one programme. A row belongs to the partition of each
-# programme its session has; every such partition computes the same value (rule 1 looks at ALL the
-# patient_session's programmes).
+# programme its session has or had; every such partition computes the same value (rule 1 looks at ALL
+# the patient_session's programmes).
 registration_statuses = DerivedTable(
     name="patient_session_registration_statuses",
     key_columns=("patient_session_id",),
@@ -332,7 +332,11 @@ registration_statuses = DerivedTable(
         FROM batch_patient_sessions AS ps
         JOIN patient_session_registration_statuses AS s ON s.patient_session_id = ps.patient_session_id
         WHERE EXISTS (SELECT 1 FROM session_programmes AS sp
-                      WHERE sp.session_id = ps.session_id AND sp.programme_id = {PROGRAMME})""",
+                      WHERE sp.session_id = ps.session_id AND sp.programme_id = {PROGRAMME})
+           -- or the session no longer has the programme but the row was seeded through it (a session
+           -- row of the programme stays): still recomputed, as every row no longer expected is.
+           OR EXISTS (SELECT 1 FROM patient_session_session_statuses AS ss
+                      WHERE ss.patient_session_id = ps.patient_session_id AND ss.programme_id = {PROGRAMME})""",
     value_joins="""
         LEFT JOIN programme_done AS d ON d.patient_session_id = k.patient_session_id
         LEFT JOIN todays_attendance AS att ON att.patient_session_id = k.patient_session_id""",

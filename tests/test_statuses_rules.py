@@ -364,6 +364,24 @@ def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
         assert w.patient_status("patient_consent_statuses", p, "hpv") == C.NO_RESPONSE  # row kept
 
 
+def test_a_registration_row_is_recomputed_after_its_session_loses_every_programme(engine):
+    with engine.begin() as conn:
+        w = World(conn)
+        hpv_session = w.session(["hpv"], [TODAY])
+        p = w.patient()
+        ps = w.patient_session(p, hpv_session)
+        w.record(p, "hpv", "refused", session_id=hpv_session)
+    refresh_everything(engine)
+    with engine.begin() as conn:
+        w.conn = conn
+        assert w.registration_status(ps) == R.COMPLETED
+        conn.execute(sa.text("DELETE FROM session_programmes WHERE session_id = :s"), {"s": hpv_session})
+    refresh_everything(engine)
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.registration_status(ps) == R.UNKNOWN  # an empty programme list is never completed
+
+
 def test_a_programme_refresh_reaches_every_patient_holding_its_session_rows(engine):
     """Rows no longer expected are still recomputed, even for a patient found only through its session
     rows, right after one with several patient_sessions at a batch boundary."""

@@ -36,7 +36,9 @@ One statement per table and batch then
 so each row is read once and written at most once, and a re-run of the same scope writes 0 rows.
 
 **One transaction per batch**, all tables together, so a scope is never half-written; each batch
-first takes `pg_advisory_xact_lock(lock_key)` (two refreshes never interleave). Temp tables
+first takes `pg_advisory_xact_lock(lock_key)`, so batches of two refreshes never run at the same time
+(they may alternate between batches: whole refreshes are kept apart by their caller, e.g. the Dagster
+pool of the status runs, and a parallel refresh holds the lock from start to end). Temp tables
 `ON COMMIT DROP` and transaction-scoped locks keep it safe behind PgBouncer's transaction pooling.
 
 **Parallel batches** (`workers` > 1): batches are independent (disjoint ids, each its own
