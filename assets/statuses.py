@@ -263,6 +263,8 @@ def explain_statuses(conn: sa.Connection, patient_id: int, programme_type: str, 
     ids = programme_ids_by_type(conn)
     if programme_type not in ids:
         raise ValueError(f"unknown programme {programme_type!r}; known: {sorted(ids)}")
+    if conn.execute(sa.text("SELECT id FROM patients WHERE id = :id"), {"id": patient_id}).first() is None:
+        raise ValueError(f"no patient with id {patient_id}")
     params = base_params(ids[programme_type], today)
     statuses = dt.explain(conn, q.STATUS_TABLES, patient_id, params)
     with dt.read_transaction(conn):

@@ -395,6 +395,14 @@ EXPLAIN_INPUTS = {
                    CASE WHEN jsonb_typeof(health_answers) = 'array' THEN health_answers ELSE '[]'::jsonb END) AS h
                    WHERE lower(h ->> 'response') = 'yes') AS triage_needed
         FROM latest_consents ORDER BY submitted_at, id""",
+    # How L was chosen: respondents are numbered, not named (their names are personal data).
+    "valid consents by respondent (L keeps the latest of each)": f"""
+        WITH {PATIENT_INPUTS_CTES}
+        SELECT dense_rank() OVER (ORDER BY n.respondent) AS respondent, n.id AS consent_id, c.parent_id,
+               n.response, n.route, n.submitted_at, n.created_at,
+               n.id IN (SELECT id FROM latest_consents) AS in_l
+        FROM named_consents AS n JOIN consents AS c ON c.id = n.id
+        ORDER BY respondent, n.submitted_at DESC, n.created_at DESC, n.id DESC""",
     "latest triage": f"""
         WITH {PATIENT_INPUTS_CTES}
         SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
