@@ -25,3 +25,14 @@ def test_dagster_cli_validates_the_workspace(database_url):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_status_refreshes_never_overlap_and_retry_three_times():
+    """§1.8: one status refresh at a time (a one-slot pool, counted per run), and a failed one retried 3 times."""
+    from assets.statuses import status_tables
+    from orchestration.instance import POOL_LIMITS, instance_config
+
+    assert status_tables.op.pool == "status_refresh"
+    assert POOL_LIMITS["status_refresh"] == 1
+    assert instance_config()["concurrency"]["pools"]["granularity"] == "run"
+    assert status_tables.op.retry_policy.max_retries == 3
