@@ -10,9 +10,8 @@ takes the same `pg_advisory_xact_lock`.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import date
+import hashlib
+from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,13 +33,14 @@ from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
 from sensors.alerts import post_alert_webhook, record_alert
-from sensors.sync_complete import SyncReaction, SyncRun
+from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
 from sensors.cursors import HighWaterCursor
 
-MAX_PROGRAMME_ROWS_PER_TICK = 2_000
+MAX_PROGRAMME_ROWS_PER_TICK = 500  # one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
 TRIGGER_TAG = "pso/trigger"
 NIGHTLY_DATE_TAG = "pso/nightly_date"  # the London date a nightly full refresh is for
+REQUEST_BATCH_TAG = "pso/request_batch"  # the merged refresh requests a run handles (ids only)
 ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
@@ -96,20 +96,19 @@ def new_session_programmes(conn: sa.Connection, cursor: HighWaterCursor,
 
 
 def programme_added_requests(rows: list[dict], known_partitions: set[str]):
-    """(new partition keys, run requests): one session-scoped run per programme, keyed by the row ids."""
-    by_programme: dict[str, list[dict]] = {}
-    for row in rows:
-        by_programme.setdefault(row["programme"], []).append(row)
-    new_keys = sorted(set(by_programme) - known_partitions)
-    requests = []
-    for programme, items in sorted(by_programme.items()):
-        ids = sorted(r["id"] for r in items)
-        requests.append(refresh_request(
-            refresh_run_config("sessions", session_ids=[r["session_id"] for r in items]),
-            run_key=f"programme_added:{programme}:{ids[0]}-{ids[-1]}:{len(ids)}",
-            partition_key=programme,
+    """(new partition keys, run requests): one session-scoped run per session_programmes row, keyed by
+    that row (programme, session, row id), so a cursor reset re-derives the same keys and Dagster drops
+    them; a programme removed and added again is a new row, so a new run."""
+    new_keys = sorted({r["programme"] for r in rows} - known_partitions)
+    requests = [
+        refresh_request(
+            refresh_run_config("sessions", session_ids=[row["session_id"]]),
+            run_key=f"programme_added:{row['programme']}:{row['session_id']}:{row['id']}",
+            partition_key=row["programme"],
             tags={TRIGGER_TAG: "programme_added"},
-        ))
+        )
+        for row in rows
+    ]
     return new_keys, requests
 
 
@@ -118,7 +117,8 @@ def programme_added_requests(rows: list[dict], known_partitions: set[str]):
     job=status_refresh_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="New session_programmes rows: add the programme partition if new, refresh that session.",
+    description="New session_programmes rows: add the programme partition if new, refresh that session "
+                "(one run per row).",
 )
 def programme_added_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     cursor = HighWaterCursor.parse(context.cursor)
@@ -144,9 +144,14 @@ def sessions_between(conn: sa.Connection, first: date, last: date) -> list[int]:
     ).scalars().all()
 
 
-def crosses_academic_year(previous: date, today: date) -> bool:
-    """True when a 1 September lies in (previous, today]: every year group, so every eligibility, changes."""
-    return previous < academic_year_start(today) <= today
+def academic_year_starts_within(first: date, last: date) -> bool:
+    """True when a 1 September lies in [first, last]: every year group, so every eligibility, changes."""
+    return first <= academic_year_start(last) <= last
+
+
+def first_unhandled_day(handled: date | None, today: date) -> date:
+    """The first date this tick handles: the day after the last one handled (today on a first tick)."""
+    return handled + timedelta(days=1) if handled is not None else today
 
 
 @sensor(
@@ -164,10 +169,11 @@ def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResour
         return SkipReason(f"{today.isoformat()} already handled")
     partitions = _programme_keys(context)
     if not partitions:
-        return SensorResult(skip_reason=SkipReason("no programme partitions yet"), cursor=today.isoformat())
+        # The cursor stays: once programme_added registers partitions, today still gets its run.
+        return SkipReason("no programme partitions yet")
     previous = handled or today
     tags = {**all_programmes_tags(partitions), TRIGGER_TAG: "day_change"}
-    if crosses_academic_year(previous, today):
+    if academic_year_starts_within(first_unhandled_day(handled, today), today):
         config = refresh_run_config("all", today=today)
         selection = STATUS_ASSET_KEYS  # eligibility changed: every table
     else:
@@ -209,20 +215,19 @@ def merged_request_config(requests: list[dict]) -> dict:
     return refresh_run_config(scope, patient_ids=patients, session_ids=sessions, request_ids=ids)
 
 
-@dataclass
-class RequestCursor:
-    """The last merged batch and how often it was requested (a failed run's batch is re-requested
-    under a new key; Dagster drops a repeated run key)."""
+def request_batch_id(requests: list[dict]) -> str:
+    """Names the merged batch by its request ids (first-last:count:digest): the same pending set
+    always gets the same name, a different one another."""
+    ids = [r["id"] for r in requests]
+    digest = hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:12]
+    return f"{ids[0]}-{ids[-1]}:{len(ids)}:{digest}"
 
-    batch: str | None = None
-    attempt: int = 0
 
-    @classmethod
-    def parse(cls, raw: str | None) -> "RequestCursor":
-        return cls(**json.loads(raw)) if raw else cls()
-
-    def dump(self) -> str:
-        return json.dumps({"batch": self.batch, "attempt": self.attempt})
+def unsuccessful_runs_of_batch(instance, batch: str) -> int:
+    """Runs of this batch that ended without success (the batch is still pending, so none succeeded)."""
+    return instance.get_runs_count(filters=RunsFilter(
+        job_name=status_refresh_job.name, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+        tags={REQUEST_BATCH_TAG: batch}))
 
 
 @sensor(
@@ -246,39 +251,36 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
     partitions = _programme_keys(context)
     if not partitions:
         return SkipReason("no programme partitions yet (programme_added adds them)")
-    ids = [r["id"] for r in requests]
-    batch = f"{ids[0]}-{ids[-1]}:{len(ids)}"
-    cursor = RequestCursor.parse(context.cursor)
-    # The same batch still pending after its run ended means the run failed: request it again.
-    attempt = cursor.attempt + 1 if cursor.batch == batch else 0
+    batch = request_batch_id(requests)
+    # No cursor: the pending rows and the instance's runs are the state, so a cursor reset changes
+    # nothing. Each unsuccessful run of the batch moves it to the next key; Dagster drops the others.
+    attempt = unsuccessful_runs_of_batch(context.instance, batch)
     request = refresh_request(
         merged_request_config(requests),
         run_key=f"status_requests:{batch}:{attempt}",
-        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "status_refresh_requests"},
+        tags={**all_programmes_tags(partitions), TRIGGER_TAG: "status_refresh_requests", REQUEST_BATCH_TAG: batch},
     )
-    return SensorResult(run_requests=[request], cursor=RequestCursor(batch, attempt).dump())
+    return SensorResult(run_requests=[request])
 
 
 # --- sync_complete (shared sensor) handler ----------------------------------------------------
 
 
-def session_programme_types() -> list[str]:
-    from orchestration.settings import get_settings
-    from resources.postgres import make_engine
-
-    with make_engine(get_settings().database_url).connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT DISTINCT p.type FROM programmes AS p JOIN session_programmes AS sp ON sp.programme_id = p.id "
-            "ORDER BY p.type")).scalars().all()
+def session_programme_types(conn: sa.Connection) -> list[str]:
+    return conn.execute(sa.text(
+        "SELECT DISTINCT p.type FROM programmes AS p JOIN session_programmes AS sp ON sp.programme_id = p.id "
+        "ORDER BY p.type")).scalars().all()
 
 
-def on_sync_complete(run: SyncRun) -> SyncReaction:
+def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
     """An immunisation import finished: refresh exactly the patients it touched, every programme."""
     patient_ids = sorted({int(p) for p in (run.touched or [])})
     if not patient_ids:
         return SyncReaction()
-    # The handler has no instance to read the partition range from: one run per programme held in a
-    # session (those are the partitions programme_added registers).
+    # One run per programme held in a session; programme_added may not have registered all of
+    # them yet, so the tick adds the missing partitions with its run requests.
+    programmes = session_programme_types(tick.conn)
+    unregistered = sorted(set(programmes) - set(tick.instance.get_dynamic_partitions(programmes_partitions.name)))
     requests = [
         refresh_request(
             refresh_run_config("patients", patient_ids=patient_ids),
@@ -287,9 +289,11 @@ def on_sync_complete(run: SyncRun) -> SyncReaction:
             partition_key=programme,
             tags={TRIGGER_TAG: "sync_complete", "pso/sync_run_id": str(run.id)},
         )
-        for programme in session_programme_types()
+        for programme in programmes
     ]
-    return SyncReaction(run_requests=requests)
+    return SyncReaction(run_requests=requests,
+                        dynamic_partitions_requests=[programmes_partitions.build_add_request(unregistered)]
+                        if unregistered else [])
 
 
 # --- status_refresh_deadline --------------------------------------------------------------------

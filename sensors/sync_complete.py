@@ -8,8 +8,10 @@ Each newly finished row is handed to the family that owns its `source`:
 | renal_feed          | sensors.cohort_stats.on_sync_complete    | stats refresh of the touched units    |
 | replica             | sensors.pruning.on_sync_complete         | sync-group prune of that replica      |
 
-A handler takes the row (`SyncRun`) and returns a `SyncReaction`. Run keys include the
-sync run's id, so they stay right if the cursor is reset (Dagster drops a repeated key).
+A handler takes the row (`SyncRun`) and the tick (`SyncTick`: the sensor's own Postgres
+connection and the Dagster instance) and returns a `SyncReaction`; a handler that reads nothing
+through the sensor takes the row only (`row_only`). Run keys include the sync run's id, so they
+stay right if the cursor is reset (Dagster drops a repeated key).
 
 Rows can finish out of id order (a long import started first finishes last), so the cursor
 is a high-water mark on `finished_at` plus the ids already handled inside a look-back window,
@@ -25,6 +27,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from dagster import (
     AddDynamicPartitionsRequest,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -59,7 +62,23 @@ class SyncReaction:
     dynamic_partitions_requests: list[Any] = field(default_factory=list)
 
 
-SyncHandler = Callable[[SyncRun], SyncReaction]
+@dataclass(frozen=True)
+class SyncTick:
+    """What a handler may read during the tick: the sensor's connection (from its `postgres`
+    resource, one for the whole tick) and the instance (e.g. the registered dynamic partitions)."""
+
+    conn: sa.Connection
+    instance: DagsterInstance
+
+
+SyncHandler = Callable[[SyncRun, SyncTick], SyncReaction]
+
+
+def row_only(handler: Callable[[SyncRun], SyncReaction] | None) -> SyncHandler | None:
+    """A handler that takes only the row, as a SyncHandler."""
+    if handler is None:
+        return None
+    return lambda run, tick: handler(run)
 
 
 def sync_handlers() -> dict[str, SyncHandler]:
@@ -68,8 +87,8 @@ def sync_handlers() -> dict[str, SyncHandler]:
 
     handlers = {
         "immunisation_import": getattr(statuses, "on_sync_complete", None),
-        "renal_feed": getattr(cohort_stats, "on_sync_complete", None),
-        "replica": getattr(pruning, "on_sync_complete", None),
+        "renal_feed": row_only(getattr(cohort_stats, "on_sync_complete", None)),
+        "replica": row_only(getattr(pruning, "on_sync_complete", None)),
     }
     return {source: handler for source, handler in handlers.items() if handler is not None}
 
@@ -117,20 +136,21 @@ def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRe
 def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     cursor = HighWaterCursor.parse(context.cursor)
     handlers = sync_handlers()
-    with postgres.connect() as conn:
-        runs = fetch_finished_sync_runs(conn, cursor)
-    if not runs:
-        return SkipReason("no newly finished sync runs")
     run_requests: list[RunRequest] = []
     partition_requests: list[Any] = []
-    for run in runs:
-        handler = handlers.get(run.source)
-        if handler is None:
-            context.log.info(f"sync run {run.id}: no handler for source {run.source!r}; skipped")
-            continue
-        reaction = handler(run)
-        run_requests.extend(reaction.run_requests)
-        partition_requests.extend(reaction.dynamic_partitions_requests)
+    with postgres.connect() as conn:
+        runs = fetch_finished_sync_runs(conn, cursor)
+        if not runs:
+            return SkipReason("no newly finished sync runs")
+        tick = SyncTick(conn, context.instance)
+        for run in runs:
+            handler = handlers.get(run.source)
+            if handler is None:
+                context.log.info(f"sync run {run.id}: no handler for source {run.source!r}; skipped")
+                continue
+            reaction = handler(run, tick)
+            run_requests.extend(reaction.run_requests)
+            partition_requests.extend(reaction.dynamic_partitions_requests)
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=merge_partition_requests(partition_requests),

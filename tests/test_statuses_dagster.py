@@ -3,6 +3,7 @@ schedule, checks and the explain command — against a real Postgres."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,7 +18,8 @@ from dagster import (
     instance_for_test,
     materialize,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, make_new_run_id
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, RUN_KEY_TAG
 
 from assets.statuses import (
     StatusScope,
@@ -30,17 +32,17 @@ from assets.statuses import (
     status_tables,
 )
 from orchestration.schema import ConsentStatus, SessionStatus
+from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
 from schedules.statuses import status_refresh_nightly
 from sensors.statuses import (
     NIGHTLY_DATE_TAG,
     day_change_sensor,
-    on_sync_complete,
     programme_added_sensor,
     status_refresh_deadline_sensor,
     status_refresh_requests_sensor,
 )
-from sensors.sync_complete import SyncRun
+from sensors.sync_complete import sync_complete_sensor
 from test_statuses_helpers import TODAY, World, refresh_everything
 
 PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
@@ -233,12 +235,13 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     assert isinstance(result, SensorResult)
     added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
     assert sorted(added) == PROGRAMMES
-    by_partition = {r.partition_key: r for r in result.run_requests}
-    assert sorted(by_partition) == PROGRAMMES
-    hpv = by_partition["hpv"].run_config["ops"]["status_tables"]["config"]
-    assert hpv["scope"] == "sessions" and hpv["session_ids"] == sorted([world.main_session, world.other_session])
+    # One session-scoped run per session_programmes row.
+    sessions = sorted((r.partition_key, r.run_config["ops"]["status_tables"]["config"]["session_ids"][0])
+                      for r in result.run_requests)
+    assert sessions == sorted([(p, world.main_session) for p in PROGRAMMES]
+                              + [("flu", world.other_session), ("hpv", world.other_session)])
+    assert all(r.run_config["ops"]["status_tables"]["config"]["scope"] == "sessions" for r in result.run_requests)
     assert all(r.asset_check_keys == [] for r in result.run_requests)
-    assert by_partition["menacwy"].run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.main_session]
     cursor = result.cursor
     # Next tick: nothing new → no double run.
     instance.add_dynamic_partitions("programmes", added)
@@ -248,17 +251,17 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
         sp = World.__new__(World)
         sp.conn, sp.programmes = conn, world.programmes
         row_id = sp.add_programme(world.other_session, "td_ipv")
-    result = programme_added_sensor(_sensor_context(database_url, instance, cursor))
-    assert result.dynamic_partitions_requests == []
-    [request] = result.run_requests
-    assert request.partition_key == "td_ipv" and request.run_key == f"programme_added:td_ipv:{row_id}-{row_id}:1"
+    later = programme_added_sensor(_sensor_context(database_url, instance, cursor))
+    assert later.dynamic_partitions_requests == []
+    [request] = later.run_requests
+    assert request.partition_key == "td_ipv"
+    assert request.run_key == f"programme_added:td_ipv:{world.other_session}:{row_id}"
     assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.other_session]
-    # Cursor reset: every row is seen again, in one tick; keys name the rows, so a repeated key is
-    # only ever dropped for work that already ran.
-    again = {r.partition_key: r for r in programme_added_sensor(_sensor_context(database_url, instance)).run_requests}
-    assert again["td_ipv"].run_config["ops"]["status_tables"]["config"]["session_ids"] == sorted(
-        [world.main_session, world.other_session])
-    assert again["td_ipv"].run_key != request.run_key
+    # Cursor reset: every row is seen again, in one tick, under the keys it had before (one per row),
+    # so Dagster drops every request whose run was already made.
+    again = programme_added_sensor(_sensor_context(database_url, instance)).run_requests
+    before = {r.run_key: r.run_config for r in [*result.run_requests, *later.run_requests]}
+    assert {r.run_key: r.run_config for r in again} == before
 
 
 def test_day_change_once_per_date_with_catch_up(world, database_url, instance, monkeypatch):
@@ -295,8 +298,6 @@ def _late_alerts(engine):
 
 
 def test_deadline_alert_once_when_the_nightly_refresh_is_late(engine, database_url, instance, monkeypatch):
-    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, make_new_run_id
-
     # 05:59 London (GMT): too early to tell.
     monkeypatch.setenv("PSO_NOW", datetime(2026, 11, 30, 5, 59, tzinfo=timezone.utc).isoformat())
     early = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance))
@@ -335,6 +336,36 @@ def test_day_change_on_1_september_refreshes_everything(world, database_url, ins
     assert quiet.run_requests == [] and quiet.cursor == "2027-09-03"
 
 
+def test_day_change_first_tick_on_1_september_refreshes_everything(world, database_url, instance, monkeypatch):
+    monkeypatch.setenv("PSO_NOW", "2027-09-01T06:00:00+00:00")
+    first = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance))  # nothing handled yet
+    [request] = first.run_requests
+    assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    assert len(request.asset_selection) == 5 and first.cursor == "2027-09-01"
+    # Catching up over a range that holds a 1 September: everything too.
+    monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
+    caught_up = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, "2027-08-30"))
+    assert caught_up.run_requests[0].run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    # 1 September already handled: an ordinary day (no sessions on it here).
+    after = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, "2027-09-01"))
+    assert after.run_requests == [] and after.cursor == "2027-09-03"
+
+
+@pytest.mark.parametrize("handled", [None, (TODAY - timedelta(days=1)).isoformat()])
+def test_day_change_waits_for_programme_partitions_without_losing_the_day(world, database_url, monkeypatch,
+                                                                         handled):
+    monkeypatch.setenv("PSO_NOW", NOW.isoformat())
+    instance = DagsterInstance.ephemeral()  # no programme partitions yet
+    early = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, handled))
+    assert early.run_requests == [] and early.skip_message == "no programme partitions yet"
+    assert early.cursor == handled  # today is not handled yet
+    instance.add_dynamic_partitions("programmes", PROGRAMMES)  # programme_added registers them later that day
+    later = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, early.cursor))
+    [request] = later.run_requests
+    assert request.run_key == f"day_change:{TODAY.isoformat()}" and later.cursor == TODAY.isoformat()
+    assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.main_session]
+
+
 def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engine, database_url, instance,
                                                                      resources):
     with engine.begin() as conn:  # the triggers write the requests
@@ -350,9 +381,23 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
     assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
     assert config["session_ids"] == [world.other_session]
     assert len(config["request_ids"]) == 3
-    # Same pending batch on the next tick (its run failed or never ran): requested again, new key.
-    retry = status_refresh_requests_sensor(_sensor_context(database_url, instance, result.cursor))
-    assert retry.run_requests[0].run_key != request.run_key
+    # The same pending batch on a later tick, or after a cursor reset, has the same key: Dagster
+    # drops it while its first run exists.
+    for cursor in (result.cursor, None):
+        assert status_refresh_requests_sensor(_sensor_context(database_url, instance, cursor)).run_requests[
+            0].run_key == request.run_key
+    # Its run failed, then the retry was cancelled: each time the batch is requested under a new key,
+    # whatever the cursor says (the attempt is counted from the instance's runs of the batch).
+    keys = [request.run_key]
+    for status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        instance.add_run(DagsterRun(job_name="status_refresh", run_id=make_new_run_id(), status=status,
+                                    tags={**request.tags, RUN_KEY_TAG: keys[-1]}))
+        retries = [status_refresh_requests_sensor(_sensor_context(database_url, instance, cursor)).run_requests[0]
+                   for cursor in (result.cursor, None)]
+        assert retries[0].run_key == retries[1].run_key not in keys
+        keys.append(retries[0].run_key)
+    retry = retries[0]
+    assert retry.run_config == request.run_config
     from orchestration.definitions import defs
 
     # Run it as the daemon would: the request's assets, and no checks (a scoped run).
@@ -363,8 +408,7 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
                                  run_config=_config(**config))
     assert run.success
     assert run.get_asset_check_evaluations() == []
-    assert isinstance(status_refresh_requests_sensor(_sensor_context(database_url, instance, retry.cursor)),
-                      SkipReason)
+    assert isinstance(status_refresh_requests_sensor(_sensor_context(database_url, instance)), SkipReason)
     assert _status(engine, "SELECT status FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr",
                    p=world.patients[0], pr=world.programmes["hpv"]) == 2
 
@@ -391,20 +435,39 @@ def test_an_all_request_becomes_a_full_run_that_marks_earlier_requests(world, en
     assert _counts(engine, "patient_consent_statuses") == 12
 
 
-def test_sync_complete_requests_a_patient_scoped_refresh(world, database_url):
-    run = SyncRun(id=41, source="immunisation_import", replica_id=None, started_at=NOW, finished_at=NOW,
-                  all_succeeded=True, touched=[world.patients[2], world.patients[0]])
-    reaction = on_sync_complete(run)
-    assert {r.partition_key for r in reaction.run_requests} == set(PROGRAMMES)
-    for request in reaction.run_requests:
-        assert request.run_key == f"sync_complete:41:{request.partition_key}"
+def _finished_import(engine, touched) -> int:
+    with engine.begin() as conn:
+        return conn.execute(sa.text(
+            "INSERT INTO sync_runs (source, started_at, finished_at, all_succeeded, touched) "
+            "VALUES ('immunisation_import', :t, :t, true, CAST(:touched AS jsonb)) RETURNING id"),
+            {"t": NOW, "touched": json.dumps(touched)}).scalar_one()
+
+
+def test_sync_complete_requests_a_patient_scoped_refresh(world, engine, database_url, monkeypatch):
+    sync_id = _finished_import(engine, [world.patients[2], world.patients[0]])
+    _finished_import(engine, [])  # touched nobody: nothing to refresh
+    from orchestration.definitions import defs
+
+    # The handler reads through the sensor's own postgres resource: settings pointing elsewhere do not matter.
+    monkeypatch.setenv("PSO_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/nowhere")
+    get_settings.cache_clear()
+    with instance_for_test() as instance:  # persistent: resolving partitioned run requests needs a ref
+        instance.add_dynamic_partitions("programmes", ["hpv"])  # programme_added has not run for the others yet
+        context = build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                                       resources={"postgres": PostgresResource(database_url=database_url)})
+        result = sync_complete_sensor.evaluate_tick(context)
+    # The programmes held in sessions but not registered yet are added in the same tick, so the
+    # partitioned run requests are valid.
+    assert [(r.partitions_def_name, sorted(r.partition_keys)) for r in result.dynamic_partitions_requests] == [
+        ("programmes", ["flu", "menacwy", "td_ipv"])]
+    assert {r.partition_key for r in result.run_requests} == set(PROGRAMMES)
+    for request in result.run_requests:
+        assert request.run_key == f"sync_complete:{sync_id}:{request.partition_key}"
+        assert request.job_name == "status_refresh"
         config = request.run_config["ops"]["status_tables"]["config"]
         assert config["scope"] == "patients"
         assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
         assert request.asset_check_keys == []
-    empty = SyncRun(id=42, source="immunisation_import", replica_id=None, started_at=NOW, finished_at=NOW,
-                    all_succeeded=True, touched=[])
-    assert on_sync_complete(empty).run_requests == []
 
 
 def test_nightly_schedule_is_one_full_run_at_03_london():
