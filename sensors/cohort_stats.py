@@ -42,7 +42,7 @@ from assets.cohort_stats import (
 from orchestration.clock import london_today, now_utc
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
-from sensors.sync_complete import SyncReaction, SyncRun
+from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,8 @@ def _facility_codes(conn, codes: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-def on_sync_complete(run: SyncRun) -> SyncReaction:
+def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
     """Refresh the units a finished renal_feed sync touched (both kinds; the asset decides per unit)."""
-    from orchestration.settings import get_settings
-    from resources.postgres import make_engine
-
     touched = sorted({str(c) for c in (run.touched or []) if isinstance(c, (str, int))})
     invalid = [c for c in touched if not _VALID_UNIT.match(c)]
     if invalid:
@@ -81,8 +78,7 @@ def on_sync_complete(run: SyncRun) -> SyncReaction:
     candidates = [c for c in touched if _VALID_UNIT.match(c)]
     if not candidates:
         return SyncReaction()
-    with make_engine(get_settings().database_url).connect() as conn:
-        known = _facility_codes(conn, candidates)
+    known = _facility_codes(tick.conn, candidates)
     missing = [c for c in candidates if c not in known]
     if missing:
         log.warning("renal_feed sync %s: facility codes without a facility row skipped: %s", run.id, ", ".join(missing))

@@ -87,7 +87,7 @@ def sync_handlers() -> dict[str, SyncHandler]:
 
     handlers = {
         "immunisation_import": getattr(statuses, "on_sync_complete", None),
-        "renal_feed": row_only(getattr(cohort_stats, "on_sync_complete", None)),
+        "renal_feed": getattr(cohort_stats, "on_sync_complete", None),
         "replica": row_only(getattr(pruning, "on_sync_complete", None)),
     }
     return {source: handler for source, handler in handlers.items() if handler is not None}

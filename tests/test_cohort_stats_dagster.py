@@ -13,7 +13,7 @@ from dagster import AssetSelection, Definitions, SkipReason, build_schedule_cont
 from assets import cohort_stats as cs
 from schedules.cohort_stats import facility_stats_aot_schedule
 from sensors import cohort_stats as sensors_cs
-from sensors.sync_complete import SyncRun
+from sensors.sync_complete import SyncRun, SyncTick
 from tests.test_cohort_stats import add_patient, set_settings, small_unit
 
 UTC = timezone.utc
@@ -152,13 +152,16 @@ def test_registry_sensor_registers_eligible_units_and_fills_missing(units, resou
 def test_sync_complete_refreshes_touched_units(units, resources, instance, frozen):
     run = SyncRun(id=42, source="renal_feed", replica_id=None, started_at=NOW, finished_at=NOW, all_succeeded=True,
                   touched=["SMALL", "BIG", "NOFAC", "bad,code"])
-    reaction = sensors_cs.on_sync_complete(run)
+    with units.connect() as conn:
+        tick = SyncTick(conn, instance)
+        reaction = sensors_cs.on_sync_complete(run, tick)
+        nothing = sensors_cs.on_sync_complete(SyncRun(43, "renal_feed", None, NOW, NOW, True, None), tick)
     assert [(r.partition_key, r.run_key) for r in reaction.run_requests] == [
         ("BIG", "renal_feed:42:BIG"), ("SMALL", "renal_feed:42:SMALL")]
     assert reaction.run_requests[0].run_config["ops"]["facility_stats_dialysis"]["config"] == {
         "force": True, "reason": "renal_feed:42"}
     assert list(reaction.dynamic_partitions_requests[0].partition_keys) == ["BIG", "SMALL"]
-    assert sensors_cs.on_sync_complete(SyncRun(43, "renal_feed", None, NOW, NOW, True, None)).run_requests == []
+    assert nothing.run_requests == []
     # The requests run as they are: partition added, subset of the job, run config accepted.
     instance.add_dynamic_partitions("renal_units", list(reaction.dynamic_partitions_requests[0].partition_keys))
     job = family_definitions(resources).resolve_job_def(cs.JOB_NAME)
