@@ -34,9 +34,9 @@ from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
 from sensors.alerts import post_alert_webhook, record_alert
 from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
-from sensors.cursors import HighWaterCursor
+from sensors.cursors import LOOK_BACK, HighWaterCursor
 
-MAX_PROGRAMME_ROWS_PER_TICK = 500  # one run each: bounds the runs one tick submits
+MAX_PROGRAMME_ROWS_PER_TICK = 500  # up to one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
 TRIGGER_TAG = "pso/trigger"
 NIGHTLY_DATE_TAG = "pso/nightly_date"  # the London date a nightly full refresh is for
@@ -95,19 +95,44 @@ def new_session_programmes(conn: sa.Connection, cursor: HighWaterCursor,
     return [dict(r) for r in rows]
 
 
+def session_programmes_as_they_are(conn: sa.Connection) -> tuple[list[str], list[tuple[int, Any]]]:
+    """(every programme held in a session, the newest rows as (id, created_at)): where an empty cursor
+    starts from."""
+    programmes = conn.execute(sa.text(
+        "SELECT DISTINCT p.type FROM session_programmes AS sp JOIN programmes AS p ON p.id = sp.programme_id "
+        "ORDER BY p.type")).scalars().all()
+    newest = conn.execute(sa.text(
+        "SELECT id, created_at FROM session_programmes "
+        "WHERE created_at >= (SELECT max(created_at) FROM session_programmes) - CAST(:look_back AS interval)"),
+        {"look_back": LOOK_BACK}).all()
+    return programmes, [(row_id, at) for row_id, at in newest]
+
+
+def new_programme_requests(programmes: list[str], known_partitions: set[str]):
+    """(new partition keys, run requests): a programme that is not a partition yet becomes one, with one
+    full refresh of it (which covers every session holding it), keyed by the programme alone."""
+    new_keys = sorted(set(programmes) - known_partitions)
+    requests = [refresh_request(refresh_run_config("all"), run_key=f"programme_added:{programme}:partition",
+                                partition_key=programme, tags={TRIGGER_TAG: "programme_added"})
+                for programme in new_keys]
+    return new_keys, requests
+
+
 def programme_added_requests(rows: list[dict], known_partitions: set[str]):
-    """(new partition keys, run requests): one session-scoped run per session_programmes row, keyed by
-    that row (programme, session, row id), so a cursor reset re-derives the same keys and Dagster drops
-    them; a programme removed and added again is a new row, so a new run."""
-    new_keys = sorted({r["programme"] for r in rows} - known_partitions)
-    requests = [
+    """(new partition keys, run requests) for new session_programmes rows: a new programme gets its
+    partition and a full refresh (new_programme_requests); a row of a known one, a session-scoped run
+    keyed by that row (programme, session, row id). The keys name what a run is about, so a cursor
+    reset re-derives the same keys and Dagster drops them; a programme removed from a session and
+    added again is a new row, so a new run."""
+    new_keys, requests = new_programme_requests([r["programme"] for r in rows], known_partitions)
+    requests += [
         refresh_request(
             refresh_run_config("sessions", session_ids=[row["session_id"]]),
             run_key=f"programme_added:{row['programme']}:{row['session_id']}:{row['id']}",
             partition_key=row["programme"],
             tags={TRIGGER_TAG: "programme_added"},
         )
-        for row in rows
+        for row in rows if row["programme"] not in new_keys
     ]
     return new_keys, requests
 
@@ -117,20 +142,32 @@ def programme_added_requests(rows: list[dict], known_partitions: set[str]):
     job=status_refresh_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="New session_programmes rows: add the programme partition if new, refresh that session "
-                "(one run per row).",
+    description="New session_programmes rows: a new programme gets its partition and a full refresh; a row "
+                "of a known programme, a refresh of that session.",
 )
 def programme_added_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     cursor = HighWaterCursor.parse(context.cursor)
+    known = set(_programme_keys(context))
     with postgres.connect() as conn:
-        rows = new_session_programmes(conn, cursor)
-    if not rows:
-        return SkipReason("no new session programmes")
-    new_keys, requests = programme_added_requests(rows, set(_programme_keys(context)))
+        if cursor.watermark is None:
+            # First deployment (or a reset cursor): take the table as it is, not one run per row ever
+            # written: each programme not yet a partition gets one full refresh, and the watch starts
+            # from the newest row (what a reset may miss was requested by the table's trigger too).
+            programmes, newest = session_programmes_as_they_are(conn)
+            if not programmes:
+                return SkipReason("no session programmes yet")
+            new_keys, requests = new_programme_requests(programmes, known)
+            handled = newest
+        else:
+            rows = new_session_programmes(conn, cursor)
+            if not rows:
+                return SkipReason("no new session programmes")
+            new_keys, requests = programme_added_requests(rows, known)
+            handled = [(r["id"], r["created_at"]) for r in rows]
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[programmes_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=cursor.advance([(r["id"], r["created_at"]) for r in rows]).dump(),
+        cursor=cursor.advance(handled).dump(),
     )
 
 

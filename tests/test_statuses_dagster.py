@@ -231,22 +231,20 @@ def _sensor_context(database_url, instance, cursor=None):
 
 def test_programme_added_adds_partitions_and_requests_session_runs(world, database_url):
     instance = DagsterInstance.ephemeral()
+    # First tick (no cursor): the table as it is — one partition and ONE full refresh per programme,
+    # not one run per row ever written.
     result = programme_added_sensor(_sensor_context(database_url, instance))
     assert isinstance(result, SensorResult)
     added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
     assert sorted(added) == PROGRAMMES
-    # One session-scoped run per session_programmes row.
-    sessions = sorted((r.partition_key, r.run_config["ops"]["status_tables"]["config"]["session_ids"][0])
-                      for r in result.run_requests)
-    assert sessions == sorted([(p, world.main_session) for p in PROGRAMMES]
-                              + [("flu", world.other_session), ("hpv", world.other_session)])
-    assert all(r.run_config["ops"]["status_tables"]["config"]["scope"] == "sessions" for r in result.run_requests)
-    assert all(r.asset_check_keys == [] for r in result.run_requests)
+    assert sorted((r.partition_key, r.run_key) for r in result.run_requests) == [
+        (p, f"programme_added:{p}:partition") for p in PROGRAMMES]
+    assert all(r.run_config["ops"]["status_tables"]["config"]["scope"] == "all" for r in result.run_requests)
     cursor = result.cursor
     # Next tick: nothing new → no double run.
     instance.add_dynamic_partitions("programmes", added)
     assert isinstance(programme_added_sensor(_sensor_context(database_url, instance, cursor)), SkipReason)
-    # A programme added to a session: a session-scoped run, keyed by the row id; no new partition.
+    # A programme added to a session: a session-scoped run, keyed by the row; no new partition.
     with sa.create_engine(database_url).begin() as conn:
         sp = World.__new__(World)
         sp.conn, sp.programmes = conn, world.programmes
@@ -256,12 +254,27 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     [request] = later.run_requests
     assert request.partition_key == "td_ipv"
     assert request.run_key == f"programme_added:td_ipv:{world.other_session}:{row_id}"
-    assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.other_session]
-    # Cursor reset: every row is seen again, in one tick, under the keys it had before (one per row),
-    # so Dagster drops every request whose run was already made.
-    again = programme_added_sensor(_sensor_context(database_url, instance)).run_requests
-    before = {r.run_key: r.run_config for r in [*result.run_requests, *later.run_requests]}
-    assert {r.run_key: r.run_config for r in again} == before
+    config = request.run_config["ops"]["status_tables"]["config"]
+    assert config["scope"] == "sessions" and config["session_ids"] == [world.other_session]
+    assert request.asset_check_keys == []
+    # The same tick again (its cursor not yet stored): the same key, which Dagster drops.
+    assert [r.run_key for r in programme_added_sensor(_sensor_context(database_url, instance, cursor)).run_requests] \
+        == [request.run_key]
+    # A programme that is not a partition yet (e.g. deleted from the UI) arrives in a session: its
+    # partition comes back with a full refresh, instead of a session run.
+    instance.delete_dynamic_partition("programmes", "menacwy")
+    with sa.create_engine(database_url).begin() as conn:
+        sp.conn = conn
+        sp.add_programme(world.other_session, "menacwy")
+    newer = programme_added_sensor(_sensor_context(database_url, instance, later.cursor))
+    assert [list(r.partition_keys) for r in newer.dynamic_partitions_requests] == [["menacwy"]]
+    assert [r.run_key for r in newer.run_requests] == ["programme_added:menacwy:partition"]
+    instance.add_dynamic_partitions("programmes", ["menacwy"])
+    # Cursor reset: the table as it is again — every programme is a partition, so no run at all, and
+    # the watch goes on from the newest row.
+    reset = programme_added_sensor(_sensor_context(database_url, instance))
+    assert reset.run_requests == [] and reset.dynamic_partitions_requests == []
+    assert isinstance(programme_added_sensor(_sensor_context(database_url, instance, reset.cursor)), SkipReason)
 
 
 def test_day_change_once_per_date_with_catch_up(world, database_url, instance, monkeypatch):
