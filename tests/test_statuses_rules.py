@@ -8,7 +8,7 @@ quirk they reach.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
 import pytest
@@ -112,6 +112,31 @@ def self_changed_mind(w, p, ps):
 def born_on_leap_day(w, p, ps):
     # Still year 10 (born in academic year 2011/12); the 10th birthday falls in 2022, not a leap year.
     w.conn.execute(sa.text("UPDATE patients SET date_of_birth = DATE '2012-02-29' WHERE id = :p"), {"p": p})
+
+
+def consent_tie_created_decides(w, p, ps):
+    # Equal submitted_at: the later created_at wins, although it has the lower id.
+    parent = w.parent("Tie Parent")
+    w.consent(p, "hpv", "refused", parent_id=parent, submitted=0, created=1)
+    w.consent(p, "hpv", "given", parent_id=parent, submitted=0, created=0)
+
+
+def consent_tie_id_decides(first: str, second: str):
+    # Equal submitted_at and created_at: the greater id (inserted second) wins.
+    def build(w, p, ps):
+        parent = w.parent("Tie Parent")
+        w.consent(p, "hpv", first, parent_id=parent, submitted=0, created=0)
+        w.consent(p, "hpv", second, parent_id=parent, submitted=0, created=0)
+    return build
+
+
+def other_session_record(outcome: str = "administered", programme: str = "hpv"):
+    # A kept record of the programme in ANOTHER session (which also has the programme and the patient).
+    def build(w, p, ps):
+        other = w.session([programme], [TODAY])
+        w.patient_session(p, other)
+        w.record(p, programme, outcome, session_id=other)
+    return build
 
 
 # performed 2021-09-30 23:30 UTC = 1 October 2021 in London: the 10th birthday of a child born 1 Oct 2011.
@@ -235,6 +260,82 @@ CASES = [
          session=S.NONE_YET),
     Case("session rule order: refusal beats absence", chain(consent("refused"), attend(False)),
          session=S.REFUSED, registration=R.NOT_ATTENDING),
+    # --- tie-breaks -----------------------------------------------------------------------------
+    Case("consent tie-break: equal submitted_at → later created_at wins (over higher id)",
+         consent_tie_created_decides, consent=C.REFUSED),
+    Case("consent tie-break: equal submitted_at and created_at → higher id wins (refused last)",
+         consent_tie_id_decides("given", "refused"), consent=C.REFUSED),
+    Case("consent tie-break: equal submitted_at and created_at → higher id wins (given last)",
+         consent_tie_id_decides("refused", "given"), consent=C.GIVEN),
+    Case("triage tie-break: equal created_at → higher id wins (ready last)",
+         chain(triage("do_not_vaccinate", created=0), triage("ready_to_vaccinate", created=0)),
+         triage=T.SAFE_TO_VACCINATE, vaccination=V.NONE_YET, session=S.NONE_YET),
+    Case("triage tie-break: equal created_at → higher id wins (do_not_vaccinate last)",
+         chain(triage("ready_to_vaccinate", created=0), triage("do_not_vaccinate", created=0)),
+         triage=T.DO_NOT_VACCINATE, vaccination=V.COULD_NOT_VACCINATE, session=S.HAD_CONTRAINDICATIONS),
+    Case("session tie-break: equal performed_at → higher id wins (not_well last)",
+         chain(record("administered", performed=0), record("not_well", performed=0)),
+         session=S.UNWELL, vaccination=V.VACCINATED),
+    Case("session tie-break: equal performed_at → higher id wins (administered last)",
+         chain(record("not_well", performed=0), record("administered", performed=0)),
+         session=S.VACCINATED, vaccination=V.VACCINATED),
+    # --- records in another session -------------------------------------------------------------
+    Case("session: a record of this programme in ANOTHER session does not count here",
+         other_session_record("administered"), session=S.NONE_YET, vaccination=V.VACCINATED,
+         triage=T.NOT_REQUIRED),
+    Case("session: a refused record in ANOTHER session does not count here",
+         other_session_record("refused"), session=S.NONE_YET, vaccination=V.NONE_YET),
+    Case("registration rule 1: a programme recorded only in ANOTHER session → not completed",
+         chain(record("administered", programme="flu"), record("refused", programme="menacwy"),
+               record("administered", programme="td_ipv"), other_session_record("administered"),
+               attend(True)),
+         registration=R.ATTENDING, session=S.NONE_YET, vaccination=V.VACCINATED),
+    # --- already_had has no age condition -------------------------------------------------------
+    Case("vaccinated: menacwy already_had at 9 counts",
+         record("already_had", programme="menacwy", performed=UTC_DAY_BEFORE), programme="menacwy",
+         vaccination=V.VACCINATED, triage=T.NOT_REQUIRED, session=S.ALREADY_HAD),
+    Case("vaccinated: td_ipv already_had at 9 (no dose, no session) counts",
+         record("already_had", programme="td_ipv", performed=UTC_DAY_BEFORE, session_id=None),
+         programme="td_ipv", vaccination=V.VACCINATED, triage=T.NOT_REQUIRED, session=S.NONE_YET),
+    Case("vaccinated: td_ipv already_had at 9 with a non-final dose counts",
+         chain(consent("given", programme="td_ipv"),
+               record("already_had", programme="td_ipv", performed=UTC_DAY_BEFORE, dose_sequence=2)),
+         programme="td_ipv", vaccination=V.VACCINATED, triage=T.NOT_REQUIRED, session=S.ALREADY_HAD),
+    # --- td_ipv dose NULL -----------------------------------------------------------------------
+    Case("vaccinated: td_ipv no dose, in a session, at 9 does not count; triage rule 6 → required",
+         chain(consent("given", programme="td_ipv"),
+               record("administered", programme="td_ipv", performed=UTC_DAY_BEFORE)),
+         programme="td_ipv", consent=C.GIVEN, vaccination=V.NONE_YET, triage=T.REQUIRED, session=S.VACCINATED),
+    Case("vaccinated: td_ipv no dose, in a session, on the London 10th birthday counts",
+         chain(consent("given", programme="td_ipv"),
+               record("administered", programme="td_ipv", performed=LONDON_TENTH_BIRTHDAY)),
+         programme="td_ipv", vaccination=V.VACCINATED, triage=T.NOT_REQUIRED, session=S.VACCINATED),
+    Case("vaccinated: td_ipv no dose and no session at 10+ does not count; triage rule 6 → required",
+         chain(consent("given", programme="td_ipv"),
+               record("administered", programme="td_ipv", performed=LONDON_TENTH_BIRTHDAY, session_id=None)),
+         programme="td_ipv", vaccination=V.NONE_YET, triage=T.REQUIRED, session=S.NONE_YET),
+    # --- triage precedence ----------------------------------------------------------------------
+    Case("triage rule 2 beats rule 6: ready_to_vaccinate + given with 'yes'",
+         chain(consent("given", health_yes="yes"), triage("ready_to_vaccinate")),
+         consent=C.GIVEN, triage=T.SAFE_TO_VACCINATE),
+    Case("triage rule 3 beats rule 6: do_not_vaccinate + given with 'yes'",
+         chain(consent("given", health_yes="yes"), triage("do_not_vaccinate")),
+         consent=C.GIVEN, triage=T.DO_NOT_VACCINATE, vaccination=V.COULD_NOT_VACCINATE),
+    Case("triage rule 4 beats rule 6: delay_vaccination + given with 'yes'",
+         chain(consent("given", health_yes="yes"), triage("delay_vaccination")),
+         consent=C.GIVEN, triage=T.DELAY_VACCINATION),
+    Case("triage rule 5 before rule 6: needs_follow_up + given with 'yes' (both give required)",
+         chain(consent("given", health_yes="yes"), triage("needs_follow_up")),
+         consent=C.GIVEN, triage=T.REQUIRED),
+    Case("triage rule 1 beats rule 2: vaccinated + ready_to_vaccinate",
+         chain(record("administered"), triage("ready_to_vaccinate")), triage=T.NOT_REQUIRED,
+         vaccination=V.VACCINATED),
+    Case("triage rule 1 beats rule 3 (and programme/session rule 1 win): vaccinated + do_not_vaccinate",
+         chain(consent("given", health_yes="yes"), record("administered"), triage("do_not_vaccinate", created=2)),
+         triage=T.NOT_REQUIRED, vaccination=V.VACCINATED, session=S.VACCINATED),
+    Case("triage rule 1 beats rule 4: vaccinated + delay_vaccination",
+         chain(record("administered"), triage("delay_vaccination")), triage=T.NOT_REQUIRED,
+         vaccination=V.VACCINATED),
     # --- registration --------------------------------------------------------------------------
     Case("registration rule 2: attending today", attend(True), registration=R.ATTENDING),
     Case("registration rule 1: every programme recorded in this session → completed",
@@ -340,6 +441,102 @@ def test_rows_follow_eligibility_and_the_sessions_own_programmes(engine):
         assert keys("SELECT patient_session_id FROM patient_session_registration_statuses") == {
             (ps7,), (ps10_main,), (ps10_hpv,)}
         assert ps_old and ps7_hpv  # exist, but have no programme → no rows
+
+
+def test_rows_follow_year_group_boundaries(engine):
+    """§1.4 eligible year groups at their edges: flu 0–11, hpv 8–11, menacwy/td_ipv 9–11 (academic year 2026)."""
+    with engine.begin() as conn:
+        w = World(conn)
+        born = {0: 2021, 8: 2013, 9: 2012, 11: 2010, 12: 2009}  # year group today → birth_academic_year
+        pts = {yg: w.patient(birth_academic_year=b, dob=date(b, 10, 1)) for yg, b in born.items()}
+        pss = {yg: w.patient_session(p) for yg, p in pts.items()}  # the main session has all four programmes
+    refresh_everything(engine)
+    pr = w.programmes
+    expected = {0: {"flu"}, 8: {"flu", "hpv"}, 9: set(pr), 11: set(pr), 12: set()}
+    with engine.connect() as conn:
+        def keys(sql):
+            return set(conn.execute(sa.text(sql)).all())
+
+        want_patient = {(pts[yg], pr[t]) for yg, types in expected.items() for t in types}
+        for table in ("patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses"):
+            assert keys(f"SELECT patient_id, programme_id FROM {table}") == want_patient, table
+        assert keys("SELECT patient_session_id, programme_id FROM patient_session_session_statuses") == {
+            (pss[yg], pr[t]) for yg, types in expected.items() for t in types}
+        assert keys("SELECT patient_session_id FROM patient_session_registration_statuses") == {
+            (pss[yg],) for yg in (0, 8, 9, 11)}
+
+
+def test_1_september_rolls_the_year_groups_over(engine):
+    """Refresh on 31 August, then on 1 September (academic year 2027): a year-11 child becomes year 12 and
+    keeps its rows, recomputed; a child becoming year 0 gets flu rows only from 1 September."""
+    aug_31, sep_1 = date(2027, 8, 31), date(2027, 9, 1)
+    with engine.begin() as conn:
+        w = World(conn)
+        hpv_session = w.session(["hpv"], [aug_31, sep_1])
+        flu_session = w.session(["flu"], [aug_31, sep_1])
+        leaver = w.patient(birth_academic_year=2010, dob=date(2010, 10, 1))  # year 11 → year 12
+        ps_hpv = w.patient_session(leaver, hpv_session)
+        ps_flu = w.patient_session(leaver, flu_session)
+        w.record(leaver, "hpv", "refused", performed=datetime(2027, 6, 1, 10, tzinfo=timezone.utc),
+                 session_id=hpv_session)
+        w.attendance(ps_hpv, False, sep_1, hpv_session)
+        w.attendance(ps_flu, False, sep_1, flu_session)
+        starter = w.patient(birth_academic_year=2022, dob=date(2022, 10, 1))  # year −1 → year 0
+        ps_starter = w.patient_session(starter, flu_session)
+        ps_starter_hpv = w.patient_session(starter, hpv_session)
+        w.attendance(ps_starter, True, sep_1, flu_session)
+    pr = w.programmes
+    patient_tables = ("patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses")
+
+    def rows(conn):
+        out = {t: set(conn.execute(sa.text(f"SELECT id, patient_id, programme_id FROM {t}")).all())
+               for t in patient_tables}
+        out["session"] = set(conn.execute(sa.text(
+            "SELECT id, patient_session_id, programme_id FROM patient_session_session_statuses")).all())
+        out["registration"] = set(conn.execute(sa.text(
+            "SELECT id, patient_session_id FROM patient_session_registration_statuses")).all())
+        return out
+
+    refresh_everything(engine, today=aug_31)
+    with engine.begin() as conn:
+        w.conn = conn
+        before = rows(conn)
+        for t in patient_tables:
+            assert {(p, prog) for _id, p, prog in before[t]} == {(leaver, pr[x]) for x in pr}, t
+        assert {(ps, prog) for _id, ps, prog in before["session"]} == {(ps_hpv, pr["hpv"]), (ps_flu, pr["flu"])}
+        assert {ps for _id, ps in before["registration"]} == {ps_hpv, ps_flu}
+        assert w.registration_status(ps_hpv) == R.COMPLETED
+        assert w.registration_status(ps_flu) == R.UNKNOWN
+        assert w.session_status(ps_flu, "flu") == S.NONE_YET
+        assert w.session_status(ps_hpv, "hpv") == S.REFUSED
+        assert w.patient_status("patient_consent_statuses", leaver, "menacwy") == C.NO_RESPONSE
+        # An input change that only a recompute of the (soon no longer expected) menacwy rows can show.
+        w.consent(leaver, "menacwy", "refused", parent_id=w.parent("Leaver Parent"))
+
+    refresh_everything(engine, today=sep_1)
+    with engine.connect() as conn:
+        w.conn = conn
+        after = rows(conn)
+        # No deletes: every row of 31 August is still there, with the same id.
+        for table, kept in before.items():
+            assert kept <= after[table], table
+        # Recomputed although no longer expected.
+        assert w.patient_status("patient_consent_statuses", leaver, "menacwy") == C.REFUSED
+        assert w.patient_status("patient_vaccination_statuses", leaver, "menacwy") == V.COULD_NOT_VACCINATE
+        assert w.registration_status(ps_hpv) == R.NOT_ATTENDING  # no programme any more: never completed
+        assert w.registration_status(ps_flu) == R.NOT_ATTENDING
+        assert w.session_status(ps_flu, "flu") == S.ABSENT_FROM_SESSION
+        assert w.session_status(ps_hpv, "hpv") == S.REFUSED
+        # The new year-0 child: flu rows only, from 1 September.
+        new = {t: after[t] - before[t] for t in after}
+        for t in patient_tables:
+            assert {(p, prog) for _id, p, prog in new[t]} == {(starter, pr["flu"])}, t
+        assert {(ps, prog) for _id, ps, prog in new["session"]} == {(ps_starter, pr["flu"])}
+        assert {ps for _id, ps in new["registration"]} == {ps_starter}
+        assert ps_starter_hpv not in {ps for _id, ps in after["registration"]}
+        assert w.patient_status("patient_consent_statuses", starter, "flu") == C.NO_RESPONSE
+        assert w.session_status(ps_starter, "flu") == S.NONE_YET
+        assert w.registration_status(ps_starter) == R.ATTENDING
 
 
 def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
