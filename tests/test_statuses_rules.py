@@ -539,8 +539,10 @@ def test_1_september_rolls_the_year_groups_over(engine):
         assert w.registration_status(ps_starter) == R.ATTENDING
 
 
-def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
-    """Fix to registration rule 1: a patient_session whose programme list became empty is not `completed`."""
+@pytest.mark.parametrize("emptied_by", ["the patient leaving the year groups", "the session losing every programme"])
+def test_rows_no_longer_expected_are_recomputed_not_deleted(engine, emptied_by):
+    """Fix to registration rule 1: a patient_session whose programme list became empty is not `completed`;
+    its row is kept and still recomputed (also when no partition has its session any more)."""
     with engine.begin() as conn:
         w = World(conn)
         hpv_session = w.session(["hpv"], [TODAY])
@@ -548,35 +550,18 @@ def test_rows_no_longer_expected_are_recomputed_not_deleted(engine):
         ps = w.patient_session(p, hpv_session)
         w.record(p, "hpv", "refused", session_id=hpv_session)
     refresh_everything(engine)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         w.conn = conn
         assert w.registration_status(ps) == R.COMPLETED
-    with engine.begin() as conn:
-        # Now year 6: no longer eligible for hpv, so the session gives it no programme.
-        conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id = :p"), {"p": p})
+        if emptied_by == "the patient leaving the year groups":  # now year 6: not eligible for hpv
+            conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id = :p"), {"p": p})
+        else:
+            conn.execute(sa.text("DELETE FROM session_programmes WHERE session_id = :s"), {"s": hpv_session})
     refresh_everything(engine)
     with engine.connect() as conn:
         w.conn = conn
         assert w.registration_status(ps) == R.UNKNOWN  # upstream's all?([]) said completed
         assert w.patient_status("patient_consent_statuses", p, "hpv") == C.NO_RESPONSE  # row kept
-
-
-def test_a_registration_row_is_recomputed_after_its_session_loses_every_programme(engine):
-    with engine.begin() as conn:
-        w = World(conn)
-        hpv_session = w.session(["hpv"], [TODAY])
-        p = w.patient()
-        ps = w.patient_session(p, hpv_session)
-        w.record(p, "hpv", "refused", session_id=hpv_session)
-    refresh_everything(engine)
-    with engine.begin() as conn:
-        w.conn = conn
-        assert w.registration_status(ps) == R.COMPLETED
-        conn.execute(sa.text("DELETE FROM session_programmes WHERE session_id = :s"), {"s": hpv_session})
-    refresh_everything(engine)
-    with engine.connect() as conn:
-        w.conn = conn
-        assert w.registration_status(ps) == R.UNKNOWN  # an empty programme list is never completed
 
 
 def test_a_programme_refresh_reaches_every_patient_holding_its_session_rows(engine):
