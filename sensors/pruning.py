@@ -21,7 +21,7 @@ from assets.pruning import SyncGroupPruneConfig, replica_sync_group_prune_job
 from orchestration.partitions import replicas_partitions
 from orchestration.schema import replica_schema_name
 from resources.postgres import PostgresResource
-from sensors.sync_complete import SyncReaction, SyncRun
+from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def prune_run_key(sync_run_id: int) -> str:
     return f"replica_sync_group_prune:{sync_run_id}"
 
 
-def on_sync_complete(run: SyncRun) -> SyncReaction:
+def on_sync_complete(run: SyncRun, tick: SyncTick | None = None) -> SyncReaction:
+    """A prune of the replica's sync group after a fully successful sync (reads nothing from the tick)."""
     if not run.all_succeeded:
         return SyncReaction()  # never prune after a partial or failed sync
     try:

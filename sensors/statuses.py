@@ -95,12 +95,17 @@ def new_session_programmes(conn: sa.Connection, cursor: HighWaterCursor,
     return [dict(r) for r in rows]
 
 
+def session_programme_types(conn: sa.Connection) -> list[str]:
+    """The programmes held in at least one session (those that need a partition)."""
+    return conn.execute(sa.text(
+        "SELECT DISTINCT p.type FROM programmes AS p JOIN session_programmes AS sp ON sp.programme_id = p.id "
+        "ORDER BY p.type")).scalars().all()
+
+
 def session_programmes_as_they_are(conn: sa.Connection) -> tuple[list[str], list[tuple[int, Any]]]:
     """(every programme held in a session, the newest rows as (id, created_at)): where an empty cursor
     starts from."""
-    programmes = conn.execute(sa.text(
-        "SELECT DISTINCT p.type FROM session_programmes AS sp JOIN programmes AS p ON p.id = sp.programme_id "
-        "ORDER BY p.type")).scalars().all()
+    programmes = session_programme_types(conn)
     newest = conn.execute(sa.text(
         "SELECT id, created_at FROM session_programmes "
         "WHERE created_at >= (SELECT max(created_at) FROM session_programmes) - CAST(:look_back AS interval)"),
@@ -301,12 +306,6 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
 
 
 # --- sync_complete (shared sensor) handler ----------------------------------------------------
-
-
-def session_programme_types(conn: sa.Connection) -> list[str]:
-    return conn.execute(sa.text(
-        "SELECT DISTINCT p.type FROM programmes AS p JOIN session_programmes AS sp ON sp.programme_id = p.id "
-        "ORDER BY p.type")).scalars().all()
 
 
 def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:

@@ -9,9 +9,8 @@ Each newly finished row is handed to the family that owns its `source`:
 | replica             | sensors.pruning.on_sync_complete         | sync-group prune of that replica      |
 
 A handler takes the row (`SyncRun`) and the tick (`SyncTick`: the sensor's own Postgres
-connection and the Dagster instance) and returns a `SyncReaction`; a handler that reads nothing
-through the sensor takes the row only (`row_only`). Run keys include the sync run's id, so they
-stay right if the cursor is reset (Dagster drops a repeated key).
+connection and the Dagster instance) and returns a `SyncReaction`. Run keys include the sync
+run's id, so they stay right if the cursor is reset (Dagster drops a repeated key).
 
 Rows can finish out of id order (a long import started first finishes last), so the cursor
 is a high-water mark on `finished_at` plus the ids already handled inside a look-back window,
@@ -74,13 +73,6 @@ class SyncTick:
 SyncHandler = Callable[[SyncRun, SyncTick], SyncReaction]
 
 
-def row_only(handler: Callable[[SyncRun], SyncReaction] | None) -> SyncHandler | None:
-    """A handler that takes only the row, as a SyncHandler."""
-    if handler is None:
-        return None
-    return lambda run, tick: handler(run)
-
-
 def sync_handlers() -> dict[str, SyncHandler]:
     """The family handlers that exist (a family without one yet is simply not reacted to)."""
     from sensors import cohort_stats, pruning, statuses
@@ -88,7 +80,7 @@ def sync_handlers() -> dict[str, SyncHandler]:
     handlers = {
         "immunisation_import": getattr(statuses, "on_sync_complete", None),
         "renal_feed": getattr(cohort_stats, "on_sync_complete", None),
-        "replica": row_only(getattr(pruning, "on_sync_complete", None)),
+        "replica": getattr(pruning, "on_sync_complete", None),
     }
     return {source: handler for source, handler in handlers.items() if handler is not None}
 

@@ -13,8 +13,8 @@ from dagster import (
     RunRequest,
     SensorResult,
     SkipReason,
-    build_schedule_context,
     build_sensor_context,
+    build_schedule_context,
     instance_for_test,
     materialize,
 )
@@ -43,9 +43,9 @@ from sensors.statuses import (
     status_refresh_requests_sensor,
 )
 from sensors.sync_complete import sync_complete_sensor
-from test_statuses_helpers import TODAY, World, refresh_everything
+from test_statuses_helpers import PROGRAMMES, TODAY, World, refresh_everything, sensor_context
+from test_statuses_helpers import instance  # noqa: F401 - a fixture, used by name
 
-PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
 # 10:00 London on TODAY (GMT in November).
 NOW = datetime(TODAY.year, TODAY.month, TODAY.day, 10, 0, tzinfo=timezone.utc)
 
@@ -66,13 +66,6 @@ def world(engine):
         # Fixture data is not an event stream: start the request table empty.
         conn.execute(sa.text("DELETE FROM status_refresh_requests"))
     return w
-
-
-@pytest.fixture
-def instance():
-    inst = DagsterInstance.ephemeral()
-    inst.add_dynamic_partitions("programmes", PROGRAMMES)
-    yield inst
 
 
 def _config(**config):
@@ -224,16 +217,11 @@ def test_asset_checks_run_through_dagster(world, engine, instance, resources):
 # --- sensors -----------------------------------------------------------------------------------
 
 
-def _sensor_context(database_url, instance, cursor=None):
-    return build_sensor_context(instance=instance, cursor=cursor,
-                                resources={"postgres": PostgresResource(database_url=database_url)})
-
-
 def test_programme_added_adds_partitions_and_requests_session_runs(world, database_url):
     instance = DagsterInstance.ephemeral()
     # First tick (no cursor): the table as it is — one partition and ONE full refresh per programme,
     # not one run per row ever written.
-    result = programme_added_sensor(_sensor_context(database_url, instance))
+    result = programme_added_sensor(sensor_context(database_url, instance))
     assert isinstance(result, SensorResult)
     added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
     assert sorted(added) == PROGRAMMES
@@ -243,13 +231,13 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     cursor = result.cursor
     # Next tick: nothing new → no double run.
     instance.add_dynamic_partitions("programmes", added)
-    assert isinstance(programme_added_sensor(_sensor_context(database_url, instance, cursor)), SkipReason)
+    assert isinstance(programme_added_sensor(sensor_context(database_url, instance, cursor)), SkipReason)
     # A programme added to a session: a session-scoped run, keyed by the row; no new partition.
     with sa.create_engine(database_url).begin() as conn:
         sp = World.__new__(World)
         sp.conn, sp.programmes = conn, world.programmes
         row_id = sp.add_programme(world.other_session, "td_ipv")
-    later = programme_added_sensor(_sensor_context(database_url, instance, cursor))
+    later = programme_added_sensor(sensor_context(database_url, instance, cursor))
     assert later.dynamic_partitions_requests == []
     [request] = later.run_requests
     assert request.partition_key == "td_ipv"
@@ -258,7 +246,7 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     assert config["scope"] == "sessions" and config["session_ids"] == [world.other_session]
     assert request.asset_check_keys == []
     # The same tick again (its cursor not yet stored): the same key, which Dagster drops.
-    assert [r.run_key for r in programme_added_sensor(_sensor_context(database_url, instance, cursor)).run_requests] \
+    assert [r.run_key for r in programme_added_sensor(sensor_context(database_url, instance, cursor)).run_requests] \
         == [request.run_key]
     # A programme that is not a partition yet (e.g. deleted from the UI) arrives in a session: its
     # partition comes back with a full refresh, instead of a session run.
@@ -266,20 +254,20 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     with sa.create_engine(database_url).begin() as conn:
         sp.conn = conn
         sp.add_programme(world.other_session, "menacwy")
-    newer = programme_added_sensor(_sensor_context(database_url, instance, later.cursor))
+    newer = programme_added_sensor(sensor_context(database_url, instance, later.cursor))
     assert [list(r.partition_keys) for r in newer.dynamic_partitions_requests] == [["menacwy"]]
     assert [r.run_key for r in newer.run_requests] == ["programme_added:menacwy:partition"]
     instance.add_dynamic_partitions("programmes", ["menacwy"])
     # Cursor reset: the table as it is again — every programme is a partition, so no run at all, and
     # the watch goes on from the newest row.
-    reset = programme_added_sensor(_sensor_context(database_url, instance))
+    reset = programme_added_sensor(sensor_context(database_url, instance))
     assert reset.run_requests == [] and reset.dynamic_partitions_requests == []
-    assert isinstance(programme_added_sensor(_sensor_context(database_url, instance, reset.cursor)), SkipReason)
+    assert isinstance(programme_added_sensor(sensor_context(database_url, instance, reset.cursor)), SkipReason)
 
 
 def test_day_change_once_per_date_with_catch_up(world, database_url, instance, monkeypatch):
     monkeypatch.setenv("PSO_NOW", NOW.isoformat())
-    first = day_change_sensor(_sensor_context(database_url, instance))
+    first = day_change_sensor(sensor_context(database_url, instance))
     [request] = first.run_requests
     assert request.run_key == f"day_change:{TODAY.isoformat()}"
     assert first.cursor == TODAY.isoformat()
@@ -292,16 +280,16 @@ def test_day_change_once_per_date_with_catch_up(world, database_url, instance, m
     assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "flu"
     assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "td_ipv"
     # Same date again: nothing.
-    assert isinstance(day_change_sensor(_sensor_context(database_url, instance, first.cursor)), SkipReason)
+    assert isinstance(day_change_sensor(sensor_context(database_url, instance, first.cursor)), SkipReason)
     # After 9 days of downtime: ONE run for the new date, covering the sessions held in between.
     later = NOW + timedelta(days=9)
     monkeypatch.setenv("PSO_NOW", later.isoformat())
-    caught_up = day_change_sensor(_sensor_context(database_url, instance, first.cursor))
+    caught_up = day_change_sensor(sensor_context(database_url, instance, first.cursor))
     [request] = caught_up.run_requests
     assert request.run_key == f"day_change:{(TODAY + timedelta(days=9)).isoformat()}"
     assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == sorted(
         [world.main_session, world.other_session])
-    assert isinstance(day_change_sensor(_sensor_context(database_url, instance, caught_up.cursor)), SkipReason)
+    assert isinstance(day_change_sensor(sensor_context(database_url, instance, caught_up.cursor)), SkipReason)
 
 
 def _late_alerts(engine):
@@ -313,54 +301,54 @@ def _late_alerts(engine):
 def test_deadline_alert_once_when_the_nightly_refresh_is_late(engine, database_url, instance, monkeypatch):
     # 05:59 London (GMT): too early to tell.
     monkeypatch.setenv("PSO_NOW", datetime(2026, 11, 30, 5, 59, tzinfo=timezone.utc).isoformat())
-    early = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance))
+    early = status_refresh_deadline_sensor.evaluate_tick(sensor_context(database_url, instance))
     assert early.skip_message.startswith("before 06:00") and early.cursor is None and not _late_alerts(engine)
     # 06:00 London with no successful nightly run for the date: one alert, cursor = the date.
     monkeypatch.setenv("PSO_NOW", datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc).isoformat())
-    late = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance))
+    late = status_refresh_deadline_sensor.evaluate_tick(sensor_context(database_url, instance))
     assert late.cursor == "2026-11-30"
     [(message, details)] = _late_alerts(engine)
     assert "2026-11-30" in message and details == {"job_name": "status_refresh", "date": "2026-11-30"}
-    again = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, late.cursor))
+    again = status_refresh_deadline_sensor.evaluate_tick(sensor_context(database_url, instance, late.cursor))
     assert again.skip_message == "2026-11-30 already checked" and len(_late_alerts(engine)) == 1
     # Next day, in summer time (05:30 UTC = 06:30 London), the nightly run for that date succeeded: no alert.
     day = "2027-07-01"
     instance.add_run(DagsterRun(job_name="status_refresh", run_id=make_new_run_id(), status=DagsterRunStatus.SUCCESS,
                                 tags={NIGHTLY_DATE_TAG: day}))
     monkeypatch.setenv("PSO_NOW", datetime(2027, 7, 1, 5, 30, tzinfo=timezone.utc).isoformat())
-    ok = status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, late.cursor))
+    ok = status_refresh_deadline_sensor.evaluate_tick(sensor_context(database_url, instance, late.cursor))
     assert ok.cursor == day and "succeeded" in ok.skip_message and len(_late_alerts(engine)) == 1
     # A successful run for another date does not count for this one.
     monkeypatch.setenv("PSO_NOW", datetime(2027, 7, 2, 5, 30, tzinfo=timezone.utc).isoformat())
-    status_refresh_deadline_sensor.evaluate_tick(_sensor_context(database_url, instance, ok.cursor))
+    status_refresh_deadline_sensor.evaluate_tick(sensor_context(database_url, instance, ok.cursor))
     assert len(_late_alerts(engine)) == 2
 
 
 def test_day_change_on_1_september_refreshes_everything(world, database_url, instance, monkeypatch):
     monkeypatch.setenv("PSO_NOW", "2027-09-01T06:00:00+00:00")
-    result = day_change_sensor(_sensor_context(database_url, instance, "2027-08-31"))
+    result = day_change_sensor(sensor_context(database_url, instance, "2027-08-31"))
     [request] = result.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert len(request.asset_selection) == 5
     assert request.asset_check_keys is None  # a full run keeps the checks
     # An ordinary day with no session dates: cursor advances, no run.
     monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
-    quiet = day_change_sensor(_sensor_context(database_url, instance, "2027-09-02"))
+    quiet = day_change_sensor(sensor_context(database_url, instance, "2027-09-02"))
     assert quiet.run_requests == [] and quiet.cursor == "2027-09-03"
 
 
 def test_day_change_first_tick_on_1_september_refreshes_everything(world, database_url, instance, monkeypatch):
     monkeypatch.setenv("PSO_NOW", "2027-09-01T06:00:00+00:00")
-    first = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance))  # nothing handled yet
+    first = day_change_sensor.evaluate_tick(sensor_context(database_url, instance))  # nothing handled yet
     [request] = first.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert len(request.asset_selection) == 5 and first.cursor == "2027-09-01"
     # Catching up over a range that holds a 1 September: everything too.
     monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
-    caught_up = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, "2027-08-30"))
+    caught_up = day_change_sensor.evaluate_tick(sensor_context(database_url, instance, "2027-08-30"))
     assert caught_up.run_requests[0].run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     # 1 September already handled: an ordinary day (no sessions on it here).
-    after = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, "2027-09-01"))
+    after = day_change_sensor.evaluate_tick(sensor_context(database_url, instance, "2027-09-01"))
     assert after.run_requests == [] and after.cursor == "2027-09-03"
 
 
@@ -369,11 +357,11 @@ def test_day_change_waits_for_programme_partitions_without_losing_the_day(world,
                                                                          handled):
     monkeypatch.setenv("PSO_NOW", NOW.isoformat())
     instance = DagsterInstance.ephemeral()  # no programme partitions yet
-    early = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, handled))
+    early = day_change_sensor.evaluate_tick(sensor_context(database_url, instance, handled))
     assert early.run_requests == [] and early.skip_message == "no programme partitions yet"
     assert early.cursor == handled  # today is not handled yet
     instance.add_dynamic_partitions("programmes", PROGRAMMES)  # programme_added registers them later that day
-    later = day_change_sensor.evaluate_tick(_sensor_context(database_url, instance, early.cursor))
+    later = day_change_sensor.evaluate_tick(sensor_context(database_url, instance, early.cursor))
     [request] = later.run_requests
     assert request.run_key == f"day_change:{TODAY.isoformat()}" and later.cursor == TODAY.isoformat()
     assert request.run_config["ops"]["status_tables"]["config"]["session_ids"] == [world.main_session]
@@ -387,7 +375,7 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
         world.triage(world.patients[0], "hpv", "ready_to_vaccinate")
         conn.execute(sa.text("INSERT INTO session_dates (session_id, value) VALUES (:s, :d)"),
                      {"s": world.other_session, "d": TODAY + timedelta(days=8)})
-    result = status_refresh_requests_sensor(_sensor_context(database_url, instance))
+    result = status_refresh_requests_sensor(sensor_context(database_url, instance))
     [request] = result.run_requests
     config = request.run_config["ops"]["status_tables"]["config"]
     assert config["scope"] == "patients_and_sessions"
@@ -397,7 +385,7 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
     # The same pending batch on a later tick, or after a cursor reset, has the same key: Dagster
     # drops it while its first run exists.
     for cursor in (result.cursor, None):
-        assert status_refresh_requests_sensor(_sensor_context(database_url, instance, cursor)).run_requests[
+        assert status_refresh_requests_sensor(sensor_context(database_url, instance, cursor)).run_requests[
             0].run_key == request.run_key
     # Its run failed, then the retry was cancelled: each time the batch is requested under a new key,
     # whatever the cursor says (the attempt is counted from the instance's runs of the batch).
@@ -405,7 +393,7 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
     for status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         instance.add_run(DagsterRun(job_name="status_refresh", run_id=make_new_run_id(), status=status,
                                     tags={**request.tags, RUN_KEY_TAG: keys[-1]}))
-        retries = [status_refresh_requests_sensor(_sensor_context(database_url, instance, cursor)).run_requests[0]
+        retries = [status_refresh_requests_sensor(sensor_context(database_url, instance, cursor)).run_requests[0]
                    for cursor in (result.cursor, None)]
         assert retries[0].run_key == retries[1].run_key not in keys
         keys.append(retries[0].run_key)
@@ -421,7 +409,7 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
                                  run_config=_config(**config))
     assert run.success
     assert run.get_asset_check_evaluations() == []
-    assert isinstance(status_refresh_requests_sensor(_sensor_context(database_url, instance)), SkipReason)
+    assert isinstance(status_refresh_requests_sensor(sensor_context(database_url, instance)), SkipReason)
     assert _status(engine, "SELECT status FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr",
                    p=world.patients[0], pr=world.programmes["hpv"]) == 2
 
@@ -432,7 +420,7 @@ def test_an_all_request_becomes_a_full_run_that_marks_earlier_requests(world, en
         conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
                              "VALUES (0, :p, 'old', now() - interval '2 hours')"), {"p": world.patients[0]})
         conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, reason) VALUES (2, 'day change')"))
-    result = status_refresh_requests_sensor(_sensor_context(database_url, instance))
+    result = status_refresh_requests_sensor(sensor_context(database_url, instance))
     [request] = result.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert request.asset_check_keys is None

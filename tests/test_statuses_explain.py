@@ -28,7 +28,7 @@ def test_explain_numbers_respondents_and_shows_which_consents_are_in_l(engine):
     assert "Same Name" not in text and "Other Parent" not in text and "Testy" not in text
 
 
-def test_explain_of_an_unknown_patient_is_an_error(engine, database_url, monkeypatch):
+def test_explain_of_an_unknown_patient_is_an_error(engine, database_url):  # database_url: the CLI reads it
     with engine.begin() as conn:
         World(conn)
     with engine.connect() as conn:

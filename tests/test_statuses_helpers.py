@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
+from dagster import DagsterInstance, build_sensor_context
+
+from resources.postgres import PostgresResource
 
 TODAY = date(2026, 11, 23)  # academic year 2026
 YEAR_10 = 2011  # birth_academic_year of a year-10 child today (eligible for every programme)
@@ -17,6 +21,22 @@ ROUTE = {"website": 0, "phone": 1, "paper": 2, "in_person": 3, "self_consent": 4
 TRIAGE = {"ready_to_vaccinate": 0, "do_not_vaccinate": 1, "needs_follow_up": 2, "delay_vaccination": 3}
 OUTCOME = {"administered": 0, "refused": 1, "not_well": 2, "contraindications": 3, "already_had": 4,
            "absent_from_school": 5, "absent_from_session": 6}
+
+
+PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance with every programme partition (import it into a test module)."""
+    inst = DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("programmes", PROGRAMMES)
+    yield inst
+
+
+def sensor_context(database_url: str, instance, cursor: str | None = None):
+    return build_sensor_context(instance=instance, cursor=cursor,
+                                resources={"postgres": PostgresResource(database_url=database_url)})
 
 
 def at(days: float) -> datetime:

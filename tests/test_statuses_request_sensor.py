@@ -4,8 +4,6 @@ against a real Postgres, with the requested runs executed in process."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 import sqlalchemy as sa
 from dagster import (
@@ -15,15 +13,13 @@ from dagster import (
     RetryPolicy,
     SensorResult,
     SkipReason,
-    build_sensor_context,
 )
 
 from assets.statuses import status_tables
-from resources.postgres import PostgresResource
-from sensors.statuses import REQUEST_BATCH_TAG, TRIGGER_TAG, status_refresh_requests_sensor
-from test_statuses_helpers import TODAY, World
+from sensors.statuses import REQUEST_BATCH_TAG, status_refresh_requests_sensor
+from test_statuses_helpers import PROGRAMMES, TODAY, World, sensor_context
+from test_statuses_helpers import instance  # noqa: F401 - a fixture, used by name
 
-PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
 CAP = 10_000
 
 
@@ -39,20 +35,8 @@ def world(engine):
     return w
 
 
-@pytest.fixture
-def instance():
-    inst = DagsterInstance.ephemeral()
-    inst.add_dynamic_partitions("programmes", PROGRAMMES)
-    yield inst
-
-
-def _sensor_context(database_url, instance, cursor=None):
-    return build_sensor_context(instance=instance, cursor=cursor,
-                                resources={"postgres": PostgresResource(database_url=database_url)})
-
-
 def _tick(database_url, instance):
-    return status_refresh_requests_sensor(_sensor_context(database_url, instance))
+    return status_refresh_requests_sensor(sensor_context(database_url, instance))
 
 
 def _one_request(result):
@@ -129,7 +113,7 @@ def test_no_request_while_a_run_of_the_batch_is_in_flight(world, engine, databas
     skipped = _tick(database_url, instance)
     assert isinstance(skipped, SkipReason) and run.run_id in skipped.skip_message
     # Also through the tick machinery: nothing requested.
-    data = status_refresh_requests_sensor.evaluate_tick(_sensor_context(database_url, instance))
+    data = status_refresh_requests_sensor.evaluate_tick(sensor_context(database_url, instance))
     assert data.run_requests == [] and run.run_id in data.skip_message
     # The run fails: the same batch is requested again, under a new key.
     instance.report_run_failed(run)
@@ -152,7 +136,7 @@ def test_no_request_without_programme_partitions_and_the_requests_stay_pending(w
     bare = DagsterInstance.ephemeral()  # programme_added has not registered any partition
     skipped = _tick(database_url, bare)
     assert isinstance(skipped, SkipReason) and "no programme partitions" in skipped.skip_message
-    data = status_refresh_requests_sensor.evaluate_tick(_sensor_context(database_url, bare))
+    data = status_refresh_requests_sensor.evaluate_tick(sensor_context(database_url, bare))
     assert data.run_requests == [] and data.dynamic_partitions_requests == []
     assert _pending(engine) == sorted(ids)
     assert bare.get_runs() == []

@@ -7,13 +7,12 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.statuses import STATUS_REFRESH_LOCK_KEY
-from test_statuses_helpers import TODAY, World
+from test_statuses_helpers import PROGRAMMES, TODAY, World
+from test_statuses_helpers import instance  # noqa: F401 - a fixture, used by name
 
-PROGRAMMES = ["flu", "hpv", "menacwy", "td_ipv"]
 
 
 @pytest.fixture
@@ -25,13 +24,6 @@ def world(engine):
             w.patient_session(p)
         conn.execute(sa.text("DELETE FROM status_refresh_requests"))
     return w
-
-
-@pytest.fixture
-def instance():
-    inst = DagsterInstance.ephemeral()
-    inst.add_dynamic_partitions("programmes", PROGRAMMES)
-    yield inst
 
 
 def _request(conn, patient_id: int, reason: str) -> int:
