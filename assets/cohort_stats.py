@@ -13,9 +13,7 @@ sync-complete handler request its runs with `asset_selection` = the kinds in `st
 """
 
 
-import json
 import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from dagster import (
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
+    RunRequest,
     asset,
     asset_check,
     define_asset_job,
@@ -696,45 +695,17 @@ def run_asset_selection(kinds: Iterable[str]) -> list[AssetKey]:
     return [facility_record_counts.key] + [STATS_ASSETS[k].key for k in KINDS if k in kinds]
 
 
+
+# How the sensors and the 8-hourly schedule ask for a stats run (both import these from here).
+def stats_run_config(kinds, force: bool, reason: str) -> dict:
+    return {"ops": {f"facility_stats_{k}": {"config": {"force": force, "reason": reason}} for k in KINDS if k in kinds}}
+
+
+def stats_run_request(unit: str, kinds, run_key: str, force: bool, reason: str) -> RunRequest:
+    return RunRequest(run_key=run_key, job_name=JOB_NAME, partition_key=unit,
+                      asset_selection=run_asset_selection(kinds), run_config=stats_run_config(kinds, force, reason),
+                      tags={"pso/family": "cohort_stats", "pso/reason": reason.split(":")[0]})
+
+
 assets = [*SOURCE_SPECS, facility_record_counts, facility_stats_dialysis, facility_stats_demographics]
 jobs = [facility_stats_job]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: pso stats get UNIT --kind dialysis|demographics [--window w1|w2]
-# ---------------------------------------------------------------------------------------------
-
-
-def _json_default(value):
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
-def cmd_stats_get(args) -> int:
-    from orchestration.settings import get_settings
-    from resources.postgres import make_engine
-
-    engine = make_engine(get_settings().database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            read = get_facility_stats(conn, args.unit, args.kind, args.window)
-    except MissingFacilityError as error:
-        print(f"pso stats: {error}", file=sys.stderr)
-        return 4
-    entry = read.entry
-    out = {**entry.key, **{k: v for k, v in entry.values.items()}, "computed_at": entry.computed_at,
-           "expires_at": entry.expires_at, "source": read.source,
-           "outcome": schema.StatsOutcome(entry.values["outcome"]).name.lower()}
-    print(json.dumps(out, default=_json_default, indent=2))
-    return 0 if entry.values["outcome"] == schema.StatsOutcome.OK else 3  # 3 ≈ the API's 404 for an empty cohort
-
-
-def register_cli(subparsers) -> None:
-    stats = subparsers.add_parser("stats", help="renal unit cohort stats (read-through cache)")
-    stats_sub = stats.add_subparsers(dest="stats_command", required=True)
-    get = stats_sub.add_parser("get", help="print a unit's stats as JSON: cached when fresh, else computed and stored")
-    get.add_argument("unit", help="facility code")
-    get.add_argument("--kind", choices=list(KINDS), default="dialysis")
-    get.add_argument("--window", choices=["w1", "w2"], default="w1")
-    get.set_defaults(func=cmd_stats_get)

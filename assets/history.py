@@ -12,14 +12,13 @@ launched from the UI (31 days per run). The first partition (2024-01-01) also co
 older, so no row is ever out of reach.
 """
 
-import argparse
 import logging
 import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -65,8 +64,9 @@ from orchestration.patterns.archive import (
     restore_parquet,
     run_archive,
 )
-from orchestration.settings import Buckets, get_settings
+from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
+from resources.s3 import S3Buckets
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ POSTAGE_CODES = {"first": "1", "second": "2", "economy": "ECONOMY", "europe": "E
 
 
 def letter_pdf_location(reference: str, postage: str | None, created_at: datetime, status: str, key_type: str,
-                        buckets: Buckets) -> tuple[str, str]:
+                        buckets: S3Buckets) -> tuple[str, str]:
     """(bucket, key) of a letter's PDF: the letters family owns the rule (§4.4 rule 3, §4.5 buckets)."""
     from assets.letters import pdf_location
 
@@ -220,7 +220,7 @@ class PdfCounts:
         self.errors += other.errors
 
 
-def delete_letter_pdfs(conn: sa.Connection, s3, buckets: Buckets, ids: list, only_completed: bool,
+def delete_letter_pdfs(conn: sa.Connection, s3, buckets: S3Buckets, ids: list, only_completed: bool,
                        logger: logging.Logger = log) -> PdfCounts:
     """Delete the PDFs of these letters before their rows go. Missing → warning; other errors → logged, go on."""
     status_filter = "AND notification_status = ANY(:completed)" if only_completed else ""
@@ -266,7 +266,7 @@ PDF_LIFECYCLE_RULE_ID = "pso-expire-left-behind-letter-pdfs"
 PDF_LIFECYCLE_DAYS = NIGHTLY_LOOKBACK_DAYS  # longer than any retention (upstream's longest is 90 days)
 
 
-def ensure_pdf_lifecycle_rules(s3, buckets: Buckets, days: int = PDF_LIFECYCLE_DAYS,
+def ensure_pdf_lifecycle_rules(s3, buckets: S3Buckets, days: int = PDF_LIFECYCLE_DAYS,
                                logger: logging.Logger = log) -> list[str]:
     """Expire PDFs the archive left behind (an S3 error while deleting); keeps other rules. Returns buckets changed."""
     changed = []
@@ -318,7 +318,7 @@ class NotificationArchiveResult:
 
 
 def archive_notifications(conn: sa.Connection, today: date, window_start: datetime | None = None,
-                          window_end: datetime | None = None, s3=None, buckets: Buckets | None = None,
+                          window_end: datetime | None = None, s3=None, buckets: S3Buckets | None = None,
                           batch_size: int = NOTIFICATION_BATCH_SIZE, letter_batch_size: int = LETTER_BATCH_SIZE,
                           logger: logging.Logger = log) -> NotificationArchiveResult:
     """Archive every unit's rows past retention (within the window), then delete its test-key rows."""
@@ -773,35 +773,3 @@ ft_notification_status_job = define_asset_job("ft_notification_status_job", sele
 deep_archive_job = define_asset_job("notification_history_deep_archive_job",
                                     selection=[notification_history_deep_archive])
 jobs = [notification_archive_job, inbound_sms_archive_job, ft_notification_status_job, deep_archive_job]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: pso restore-hour YYYY-MM-DDTHH
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_hour(value: str) -> datetime:
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a UTC hour as YYYY-MM-DDTHH, got {value!r}") from None
-
-
-def cmd_restore_hour(args) -> int:
-    from orchestration.cli import _export_env
-    from resources.postgres import make_engine
-    from resources.s3 import s3_client
-
-    _export_env(get_settings())
-    settings = get_settings()
-    with make_engine(settings.database_url).connect() as conn:
-        counts = restore_hour(conn, s3_client(settings), settings.buckets.archive, args.hour)
-    print(f"restore   hour {args.hour:%Y-%m-%dT%H}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
-          f"{counts['inserted']} inserted into notification_history (the rest were already there)")
-    return 0 if counts["objects"] else 1
-
-
-def register_cli(subparsers) -> None:
-    restore = subparsers.add_parser("restore-hour", help="re-import a deep-archived hour of notification_history from S3")
-    restore.add_argument("hour", type=parse_hour, help="UTC hour, YYYY-MM-DDTHH")
-    restore.set_defaults(func=cmd_restore_hour)

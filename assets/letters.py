@@ -88,10 +88,12 @@ from orchestration.clock import (
     now_utc,
     print_date as print_date_of,
 )
+from orchestration.alerts import raise_alert
 from orchestration.partitions import print_days_partitions
 from orchestration.schema import POSTAGES, LetterBatchState
-from orchestration.settings import Buckets, get_settings
+from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
+from resources.s3 import S3Buckets
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ def pdf_prefix(reference: str, created_at: datetime) -> str:
     return f"{letter_pdf_folder(created_at).isoformat()}/NOTIFY.{reference.upper()}"
 
 
-def pdf_location(buckets: Buckets, *, notification_status: str, key_type: str, reference: str,
+def pdf_location(buckets: S3Buckets, *, notification_status: str, key_type: str, reference: str,
                  postage: str, created_at: datetime) -> tuple[str, str]:
     """(bucket, key) of a letter's PDF per §4.5: validation-failed → invalid-PDF bucket, test key →
     test-letters bucket (both without a folder), everything else → letters-PDF bucket in its folder."""
@@ -828,7 +830,7 @@ def deadline_for_print_date(day: date, now: datetime) -> datetime:
     return deadline
 
 
-def collate_letters(conn: sa.Connection, s3, buckets: Buckets, day: date, now: datetime | None = None,
+def collate_letters(conn: sa.Connection, s3, buckets: S3Buckets, day: date, now: datetime | None = None,
                     workers: int = DEFAULT_WORKERS, max_letters: int = MAX_BATCH_LETTERS,
                     max_bytes: int = MAX_BATCH_BYTES, folder_listing_min: int = FOLDER_LISTING_MIN_LETTERS,
                     batches_s3=None, echo: Callable[[str], None] = log.info) -> CollationResult:
@@ -936,11 +938,8 @@ def record_letters_still_created_alert(conn: sa.Connection, now: datetime, run_i
         return 0
     message = (f"{len(ids)} letters still created after the {deadline.astimezone(LONDON):%Y-%m-%d %H:%M} London "
                f"deadline: {_ids(ids)}")
-    with conn.begin():
-        conn.execute(sa.text("INSERT INTO alerts (kind, run_id, message, details) VALUES (:kind, :run, :msg, :details)"),
-                     {"kind": ALERT_KIND, "run": run_id, "msg": message,
-                      "details": json.dumps({"count": len(ids), "deadline": deadline.isoformat(),
-                                             "notification_ids": [str(i) for i in ids]})})
+    raise_alert(conn, ALERT_KIND, message, {"count": len(ids), "deadline": deadline.isoformat(),
+                                            "notification_ids": [str(i) for i in ids]}, run_id=run_id)
     echo(message)
     return len(ids)
 
@@ -1174,52 +1173,3 @@ assets: list = [letter_pdfs_source, returned_letters_source, contact_lists_sourc
                 letter_batches_asset, returned_letter_summary_asset, contact_list_objects_asset]
 asset_checks: list = [no_letter_sending_without_zip, no_letter_in_two_batches]
 jobs: list = [letter_collation_job, letters_still_created_alert_job]
-
-
-# =============================================================================================
-# CLI: `pso letters …`
-# =============================================================================================
-
-
-def _cli_settings():
-    from orchestration.cli import _export_env  # the embedded endpoints' URLs and keys, as `pso seed` does
-
-    _export_env(get_settings())
-    return get_settings()
-
-
-def _cli_collate(args) -> int:
-    from resources.postgres import make_engine
-    from resources.s3 import s3_client
-
-    settings = _cli_settings()
-    now = now_utc()
-    day = date.fromisoformat(args.print_date) if args.print_date else print_date_of(now)
-    with make_engine(settings.database_url).connect() as conn:
-        result = collate_letters(conn, s3_client(settings), settings.buckets, day, now, workers=args.workers, echo=print)
-    for postage, figures in result.volumes.items():
-        print(f"  {postage:<14} {figures['letters']:>8} letters {figures['sheets']:>8} sheets")
-    return 0
-
-
-def _cli_archive_contact_list(args) -> int:
-    from resources.postgres import make_engine
-    from resources.s3 import s3_client
-
-    settings = _cli_settings()
-    with make_engine(settings.database_url).connect() as conn:
-        done = archive_contact_list(conn, s3_client(settings), settings.buckets.contact_lists, uuid.UUID(args.list_id))
-    print("archived" if done else "no such contact list")
-    return 0 if done else 1
-
-
-def register_cli(subparsers) -> None:
-    letters = subparsers.add_parser("letters", help="letter collation and contact lists")
-    sub = letters.add_subparsers(dest="letters_command", required=True)
-    collate = sub.add_parser("collate", help="collate a print day now (default: the latest whose deadline passed)")
-    collate.add_argument("--print-date", help="YYYY-MM-DD (London)")
-    collate.add_argument("--workers", type=int, default=16)
-    collate.set_defaults(func=_cli_collate)
-    archive = sub.add_parser("archive-contact-list", help="archive a contact list and delete its CSV")
-    archive.add_argument("list_id")
-    archive.set_defaults(func=_cli_archive_contact_list)

@@ -525,42 +525,6 @@ replica_maintenance_job = define_asset_job(
     description="Daily maintenance check of one replica (runs the weekly purge when due).",
 )
 
-# ---------------------------------------------------------------------------------------------
-# CLI: `pso prune REPLICA [--maintenance [--force]] [--grace-hours H]` (outside Dagster)
-# ---------------------------------------------------------------------------------------------
-
-
-def register_cli(subparsers) -> None:
-    prune = subparsers.add_parser("prune", help="prune one replica now (sync-group prune, or --maintenance)")
-    prune.add_argument("replica_id")
-    prune.add_argument("--maintenance", action="store_true", help="the weekly purge instead of the sync-group prune")
-    prune.add_argument("--force", action="store_true", help="with --maintenance: run even if not due")
-    prune.add_argument("--grace-hours", type=float, default=24.0, help="sync-group switch grace (default 24)")
-    prune.set_defaults(func=_cmd_prune)
-
-
-def _cmd_prune(args) -> int:
-    from orchestration.settings import get_settings
-    from resources.postgres import make_engine
-
-    engine = make_engine(get_settings().database_url)
-    try:
-        with engine.connect() as conn:
-            if args.maintenance:
-                outcome = replica_maintenance(conn, args.replica_id, force=args.force)
-            else:
-                outcome = sync_group_prune(conn, args.replica_id, grace=timedelta(hours=args.grace_hours))
-    except ReplicaInputError as error:
-        print(f"pso prune: {error}")
-        return 2
-    if outcome.skipped:
-        print(f"replica {outcome.replica_id}: {outcome.kind} skipped: {outcome.skipped_reason}")
-    else:
-        print(f"replica {outcome.replica_id}: {outcome.kind} deleted {outcome.total_deleted} rows "
-              f"(prune_runs id {outcome.prune_run_id})")
-        for table, count in sorted(outcome.deleted.items()):
-            print(f"  {table:<28} {count:>10,}")
-    return 0
 
 
 assets: list = [replica_state_source, sync_runs_source, replica_store_source, replica_sync_group_prune,

@@ -78,7 +78,7 @@ def _snomed_case(column: str) -> tuple[str, dict]:
     return f"CASE {column} {' '.join(whens)} END", params
 
 
-_SNOMED_SQL, _SNOMED_PARAMS = _snomed_case("src.result")
+SNOMED_SQL, SNOMED_PARAMS = _snomed_case("src.result")
 
 # A backfilled row's internal_id is a name-based UUID, version 3 (RFC 9562): `uuid.uuid3(namespace, str(source
 # id))`, with one namespace per pass (the disease is always COVID-19). A rerun or a second database gives the
@@ -86,7 +86,7 @@ _SNOMED_SQL, _SNOMED_PARAMS = _snomed_case("src.result")
 # /dev/urandom read per row on a server built without OpenSSL (the embedded one: ~5 µs a row, 15% of a batch).
 ORDER_ROW_NAMESPACE = uuid.uuid5(COVID19_DISEASE_ID, "result-backfill/order-pass")
 EVENT_ROW_NAMESPACE = uuid.uuid5(COVID19_DISEASE_ID, "result-backfill/event-pass")
-_ROW_ID_PARAMS = {"order_row_ns": ORDER_ROW_NAMESPACE.bytes, "event_row_ns": EVENT_ROW_NAMESPACE.bytes}
+ROW_ID_PARAMS = {"order_row_ns": ORDER_ROW_NAMESPACE.bytes, "event_row_ns": EVENT_ROW_NAMESPACE.bytes}
 
 
 def name_based_uuid_sql(namespace_param: str, name: str) -> str:
@@ -128,7 +128,7 @@ _ORDER_ROWS_INSERT = f"""
     INSERT INTO result ({_INSERT_COLUMNS})
     SELECT {ORDER_ROW_ID_SQL},
            src.created_at, src.created_by, src.updated_at, src.updated_by, false,
-           src.test_event_id, src.internal_id, :disease_id, {_SNOMED_SQL}, src.result
+           src.test_event_id, src.internal_id, :disease_id, {SNOMED_SQL}, src.result
     FROM {{orders}} AS src
     WHERE src.result IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_order_id = src.internal_id)
@@ -170,7 +170,7 @@ EVENT_PASS_BATCH = sa.text(f"""
         INSERT INTO result ({_INSERT_COLUMNS})
         SELECT {EVENT_ROW_ID_SQL},
                src.created_at, src.created_by, src.updated_at, src.updated_by, false,
-               src.internal_id, src.test_order_id, :disease_id, {_SNOMED_SQL}, src.result
+               src.internal_id, src.test_order_id, :disease_id, {SNOMED_SQL}, src.result
         FROM batch AS src
         WHERE NOT EXISTS (SELECT 1 FROM result AS r WHERE r.test_event_id = src.internal_id)
         ORDER BY src.internal_id
@@ -253,7 +253,7 @@ def _run_batches(conn: sa.Connection, window: tuple[datetime, datetime], run: tu
     while True:
         params = {"start": window[0], "end": window[1], "run_start": run[0], "run_end": run[1],
                   "after_at": after_at, "after_id": after_id,
-                  "batch_size": batch_size, "disease_id": COVID19_DISEASE_ID, **_SNOMED_PARAMS, **_ROW_ID_PARAMS}
+                  "batch_size": batch_size, "disease_id": COVID19_DISEASE_ID, **SNOMED_PARAMS, **ROW_ID_PARAMS}
         conn.execute(LOCK, {"key": BACKFILL_LOCK_KEY})
         if before_batch is not None:
             counts.order_rows_from_event_pass += conn.execute(before_batch, params).scalar_one()

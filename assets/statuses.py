@@ -39,6 +39,7 @@ from dagster import (
     define_asset_job,
     multi_asset,
 )
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pydantic import Field
 
 from orchestration import statuses_sql as q
@@ -504,36 +505,24 @@ status_checks_job = define_asset_job(
     description="Drift, coverage and bad-input checks of the cached statuses.",
 )
 
+# How the sensors and the nightly schedule ask for a refresh run (both import these from here).
+TRIGGER_TAG = "pso/trigger"
+NIGHTLY_DATE_TAG = "pso/nightly_date"  # the London date a nightly full refresh is for
+
+
+def refresh_run_config(scope: str, patient_ids=(), session_ids=(), request_ids=(), today: date | None = None) -> dict:
+    config: dict[str, Any] = {"scope": scope, "patient_ids": sorted(set(patient_ids)),
+                              "session_ids": sorted(set(session_ids)), "request_ids": sorted(set(request_ids))}
+    if today is not None:
+        config["today"] = today.isoformat()
+    return {"ops": {"status_tables": {"config": config}}}
+
+
+def all_programmes_tags(partition_keys: list[str]) -> dict[str, str]:
+    """Tags for ONE run over every programme partition (dynamic partitions keep insertion order)."""
+    return {ASSET_PARTITION_RANGE_START_TAG: partition_keys[0], ASSET_PARTITION_RANGE_END_TAG: partition_keys[-1]}
+
+
 assets: list = [*source_specs, status_tables]
 asset_checks: list = status_checks
 jobs: list = [status_refresh_job, status_checks_job]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: pso explain PATIENT_ID PROGRAMME_TYPE
-# ---------------------------------------------------------------------------------------------
-
-
-def cmd_explain(args) -> int:
-    from orchestration.cli import _export_env
-    from resources.postgres import make_engine
-
-    _export_env(get_settings())
-    today = date.fromisoformat(args.today) if args.today else london_today(now_utc())
-    engine = make_engine(get_settings().database_url)
-    with engine.connect() as conn:
-        try:
-            explanation = explain_statuses(conn, args.patient_id, args.programme_type, today)
-        except ValueError as error:
-            print(f"pso explain: {error}")
-            return 2
-    print(format_explanation(explanation))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    explain = subparsers.add_parser("explain", help="why a patient's cached statuses for a programme are what they are")
-    explain.add_argument("patient_id", type=int)
-    explain.add_argument("programme_type", choices=sorted(q.PROGRAMME_YEAR_GROUPS))
-    explain.add_argument("--today", help="London date to explain for (default: today)")
-    explain.set_defaults(func=cmd_explain)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration import schema
 from orchestration.clock import retention_cutoff
-from orchestration.synthetic import copy_rows
+from orchestration.bulk import copy_rows
 
 TODAY = date(2026, 11, 23)
 SERVICES = 4

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from bench.runner import BenchDatabase, BenchReport, timed
-from orchestration.synthetic import copy_rows
+from orchestration.bulk import copy_rows
 
 COLUMNS = ["id", "service_id", "created_at", "notify_number", "provider_date", "provider_reference", "provider",
            "user_number", "content"]

@@ -18,8 +18,7 @@ from assets import letters as L
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.clock import letter_deadline, now_utc, print_date
 from orchestration.settings import get_settings
-from orchestration.synthetic import copy_rows
-from resources.s3 import ensure_buckets, s3_client
+from orchestration.bulk import copy_rows
 
 LETTERS_AT_SCALE_1 = 100_000
 SERVICES = 40
@@ -68,8 +67,8 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     count = max(1_000, int(LETTERS_AT_SCALE_1 * scale))
     rng = random.Random(6)
     settings = _bench_buckets(get_settings())
-    s3 = s3_client(settings)
-    ensure_buckets(s3, settings)
+    s3 = settings.s3_client()
+    settings.ensure_buckets(s3)
     now = now_utc()
     deadline = letter_deadline(now)
     day = print_date(now)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from assets.pruning import replica_maintenance, sync_group_prune
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.schema import create_replica_schema
-from orchestration.synthetic import copy_rows
+from orchestration.bulk import copy_rows
 
 REPLICA = "bench"
 S = "replica_bench"

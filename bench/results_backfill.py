@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from assets.results import (ORDER_ROW_ID_SQL, _ROW_ID_PARAMS, _SNOMED_PARAMS, _SNOMED_SQL, BackfillCounts,
+from assets.results import (ORDER_ROW_ID_SQL, ROW_ID_PARAMS, SNOMED_PARAMS, SNOMED_SQL, BackfillCounts,
                             backfill_results)
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
@@ -99,7 +99,7 @@ FLOOR_INSERT = f"""
                          test_event_id, test_order_id, disease_id, result, test_result)
     SELECT {ORDER_ROW_ID_SQL},
            src.created_at, src.created_by, src.updated_at, src.updated_by, false,
-           src.test_event_id, src.internal_id, :disease_id, {_SNOMED_SQL}, src.result
+           src.test_event_id, src.internal_id, :disease_id, {SNOMED_SQL}, src.result
     FROM test_order AS src
     WHERE src.created_at >= :start AND src.created_at < :end AND src.result IS NOT NULL
 """
@@ -113,7 +113,7 @@ def _floor(conn: sa.Connection, table: str) -> tuple[int, float]:
     with timed() as t:
         rows = conn.execute(sa.text(FLOOR_INSERT.format(table=table)), {
             "start": START, "end": FLOOR_END, "disease_id": COVID19_DISEASE_ID,
-            **_SNOMED_PARAMS, **_ROW_ID_PARAMS}).rowcount
+            **SNOMED_PARAMS, **ROW_ID_PARAMS}).rowcount
         conn.commit()
     seconds = t()
     conn.execute(sa.text(f"DROP TABLE {table}"))

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from resources.postgres import with_driver
+from resources.s3 import S3Buckets, ensure_buckets, s3_client
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,25 +80,6 @@ def _bucket(env: dict[str, str], name: str, default: str) -> str:
     return value
 
 
-def with_driver(url: str, driver: str) -> str:
-    """Return `url` with its PostgreSQL driver set, e.g. 'psycopg' (SQLAlchemy) or 'psycopg2' (Dagster storage)."""
-    scheme, rest = url.split("://", 1)
-    return f"postgresql+{driver}://{rest}" if scheme.startswith("postgresql") else url
-
-
-@dataclass(frozen=True)
-class Buckets:
-    letters_pdf: str
-    invalid_pdf: str
-    test_letters: str
-    letter_batches: str
-    archive: str
-    contact_lists: str
-
-    def all(self) -> list[str]:
-        return [self.letters_pdf, self.invalid_pdf, self.test_letters, self.letter_batches, self.archive, self.contact_lists]
-
-
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -105,7 +89,7 @@ class Settings:
     s3_region: str
     aws_access_key_id: str | None
     aws_secret_access_key: str | None
-    buckets: Buckets
+    buckets: S3Buckets
     pg_port: int
     s3_port: int
     dagster_port: int
@@ -114,6 +98,8 @@ class Settings:
     # about right); with the refresh's coordinating connection it must fit in the pool.
     status_refresh_workers: int = field(default=2)
     alert_webhook_url: str | None = field(default=None)
+    # True when the keys came from PSO_S3_* (Dagster then reads them through EnvVar, by those names).
+    s3_keys_from_pso_env: bool = field(default=False)
 
     @property
     def embedded(self) -> bool:
@@ -154,6 +140,14 @@ class Settings:
             return f"http://127.0.0.1:{self.s3_port}"
         return None
 
+    def s3_client(self):
+        """A boto3 client for code that runs outside Dagster (CLI, generator, benchmarks, tests)."""
+        return s3_client(self.s3_endpoint, self.s3_region, self.aws_access_key_id, self.aws_secret_access_key)
+
+    def ensure_buckets(self, client=None) -> list[str]:
+        """Create the project's buckets where missing; returns the ones created."""
+        return ensure_buckets(client or self.s3_client(), self.buckets.all())
+
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
@@ -183,7 +177,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         s3_region=env.get("PSO_S3_REGION") or "eu-west-2",
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        buckets=Buckets(
+        buckets=S3Buckets(
             letters_pdf=_bucket(env, "PSO_BUCKET_LETTERS_PDF", f"{prefix}-letters-pdf"),
             invalid_pdf=_bucket(env, "PSO_BUCKET_INVALID_PDF", f"{prefix}-letters-invalid-pdf"),
             test_letters=_bucket(env, "PSO_BUCKET_TEST_LETTERS", f"{prefix}-test-letters"),
@@ -197,6 +191,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_size=pool_size,
         status_refresh_workers=workers,
         alert_webhook_url=webhook,
+        s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
     )
 
 

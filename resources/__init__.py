@@ -1,6 +1,7 @@
-"""Dagster resources: the service's Postgres (SQLAlchemy engine) and S3 (dagster-aws)."""
+"""Resources: the bottom layer. They know nothing of settings; orchestration/definitions.py
+builds them from the settings object."""
 
 from resources.postgres import PostgresResource, make_engine
-from resources.s3 import ensure_buckets, make_s3_resource, s3_client
+from resources.s3 import S3Buckets, ensure_buckets, s3_client
 
-__all__ = ["PostgresResource", "make_engine", "make_s3_resource", "s3_client", "ensure_buckets"]
+__all__ = ["PostgresResource", "S3Buckets", "ensure_buckets", "make_engine", "s3_client"]

@@ -17,9 +17,13 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from orchestration.settings import with_driver
-
 log = logging.getLogger(__name__)
+
+def with_driver(url: str, driver: str) -> str:
+    """Return `url` with its PostgreSQL driver set, e.g. 'psycopg' (SQLAlchemy) or 'psycopg2' (Dagster storage)."""
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+{driver}://{rest}" if scheme.startswith("postgresql") else url
+
 
 _engines: dict[tuple[str, int], sa.Engine] = {}
 _engines_lock = threading.Lock()

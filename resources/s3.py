@@ -1,48 +1,50 @@
-"""S3: dagster-aws's S3Resource pointed at the configured endpoint (the embedded SeaweedFS by default)."""
+"""S3: the buckets the project uses (a resource, so the UI shows them), and a boto3 client for code
+that runs outside Dagster. Inside Dagster the client is dagster-aws's `S3Resource`, configured in
+orchestration/definitions.py from the settings."""
 
 from __future__ import annotations
 
-import os
+from typing import Iterable
 
 from botocore.exceptions import ClientError
-from dagster import EnvVar
-from dagster_aws.s3 import S3Resource
-
-from orchestration.settings import Settings
+from dagster import ConfigurableResource
+from pydantic import Field
 
 
-def make_s3_resource(settings: Settings) -> S3Resource:
-    """Credentials and endpoint come from the environment only (EnvVar), never from code."""
-    endpoint = EnvVar("PSO_S3_ENDPOINT_URL") if os.environ.get("PSO_S3_ENDPOINT_URL") else None
-    has_keys = os.environ.get("PSO_S3_ACCESS_KEY_ID")
-    return S3Resource(
-        region_name=settings.s3_region,
-        endpoint_url=endpoint,
-        aws_access_key_id=EnvVar("PSO_S3_ACCESS_KEY_ID") if has_keys else None,
-        aws_secret_access_key=EnvVar("PSO_S3_SECRET_ACCESS_KEY") if has_keys else None,
-        max_attempts=5,
-    )
+class S3Buckets(ConfigurableResource):
+    """The project's bucket names (PSO_BUCKET_*; default `{PSO_BUCKET_PREFIX}-…`)."""
+
+    letters_pdf: str = Field(description="Letter PDFs waiting to be printed (Notify's letters-pdf bucket)")
+    invalid_pdf: str = Field(description="Letter PDFs that failed validation")
+    test_letters: str = Field(description="PDFs of letters sent with a test key")
+    letter_batches: str = Field(description="Zip batches and manifests handed to the printer")
+    archive: str = Field(description="Parquet archives of notification history")
+    contact_lists: str = Field(description="Uploaded contact list CSVs")
+
+    def all(self) -> list[str]:
+        return [self.letters_pdf, self.invalid_pdf, self.test_letters, self.letter_batches, self.archive,
+                self.contact_lists]
 
 
-def s3_client(settings: Settings):
-    """A plain boto3 client for code that runs outside Dagster (CLI, generator, tests)."""
+def s3_client(endpoint_url: str | None, region: str, access_key_id: str | None, secret_access_key: str | None):
+    """A plain boto3 client (None endpoint and keys: AWS itself and boto3's credential chain)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
         config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64),
     )
 
 
-def ensure_buckets(client, settings: Settings) -> list[str]:
-    """Create the project's buckets if missing; returns the ones created."""
+def ensure_buckets(client, buckets: Iterable[str]) -> list[str]:
+    """Create the buckets that are missing; returns the ones created."""
     created = []
-    for bucket in settings.buckets.all():
+    for bucket in buckets:
         try:
             client.head_bucket(Bucket=bucket)
         except ClientError:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dagster import DefaultScheduleStatus, ScheduleEvaluationContext, SkipReason, schedule
 
-from assets.cohort_stats import eligible_units, facility_stats_job, read_stats_settings
+from assets.cohort_stats import eligible_units, facility_stats_job, read_stats_settings, stats_run_request
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
-from sensors.cohort_stats import stats_run_request
 
 CRON = "0 0,8,16 * * *"
 

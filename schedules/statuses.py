@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from assets.statuses import status_refresh_job
+from assets.statuses import NIGHTLY_DATE_TAG, TRIGGER_TAG, all_programmes_tags, refresh_run_config, status_refresh_job
 from orchestration.clock import london_date
 from orchestration.partitions import programmes_partitions
-from sensors.statuses import NIGHTLY_DATE_TAG, TRIGGER_TAG, all_programmes_tags, refresh_run_config
 
 
 @schedule(

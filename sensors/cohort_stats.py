@@ -22,7 +22,6 @@ import re
 
 from dagster import (
     DefaultSensorStatus,
-    RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -30,19 +29,18 @@ from dagster import (
 )
 
 from assets.cohort_stats import (
-    JOB_NAME,
     KINDS,
     REFRESH_GRACE,
     eligible_units,
     expired_aot_entries,
     facility_stats_job,
     read_stats_settings,
-    run_asset_selection,
+    stats_run_request,
 )
 from orchestration.clock import london_today, now_utc
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
-from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
+from sensors.sync import SyncReaction, SyncRun, SyncTick
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +48,6 @@ MAX_RUNS_PER_TICK = 50
 PARTITION_ADD_CHUNK = 500
 # Partition keys must stay free of commas, brackets and JSON (dagster #15105, #32183).
 _VALID_UNIT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-def stats_run_config(kinds, force: bool, reason: str) -> dict:
-    return {"ops": {f"facility_stats_{k}": {"config": {"force": force, "reason": reason}} for k in KINDS if k in kinds}}
-
-
-def stats_run_request(unit: str, kinds, run_key: str, force: bool, reason: str) -> RunRequest:
-    return RunRequest(run_key=run_key, job_name=JOB_NAME, partition_key=unit,
-                      asset_selection=run_asset_selection(kinds), run_config=stats_run_config(kinds, force, reason),
-                      tags={"pso/family": "cohort_stats", "pso/reason": reason.split(":")[0]})
 
 
 def _facility_codes(conn, codes: list[str]) -> set[str]:

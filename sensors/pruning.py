@@ -21,7 +21,7 @@ from assets.pruning import SyncGroupPruneConfig, replica_sync_group_prune_job
 from orchestration.partitions import replicas_partitions
 from orchestration.schema import replica_schema_name
 from resources.postgres import PostgresResource
-from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
+from sensors.sync import SyncReaction, SyncRun, SyncTick
 
 log = logging.getLogger(__name__)
 

@@ -25,32 +25,29 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from assets.statuses import DATE_DEPENDENT_KEYS, STATUS_ASSET_KEYS, status_refresh_job
+from assets.statuses import (
+    DATE_DEPENDENT_KEYS,
+    NIGHTLY_DATE_TAG,
+    STATUS_ASSET_KEYS,
+    TRIGGER_TAG,
+    all_programmes_tags,
+    refresh_run_config,
+    status_refresh_job,
+)
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
+from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from resources.postgres import PostgresResource
-from sensors.alerts import post_alert_webhook, record_alert
-from sensors.sync_complete import SyncReaction, SyncRun, SyncTick
+from sensors.sync import SyncReaction, SyncRun, SyncTick
 from sensors.cursors import LOOK_BACK, HighWaterCursor
 
 MAX_PROGRAMME_ROWS_PER_TICK = 500  # up to one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
-TRIGGER_TAG = "pso/trigger"
-NIGHTLY_DATE_TAG = "pso/nightly_date"  # the London date a nightly full refresh is for
 REQUEST_BATCH_TAG = "pso/request_batch"  # the merged refresh requests a run handles (ids only)
 ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-
-
-def refresh_run_config(scope: str, patient_ids=(), session_ids=(), request_ids=(), today: date | None = None) -> dict:
-    config: dict[str, Any] = {"scope": scope, "patient_ids": sorted(set(patient_ids)),
-                              "session_ids": sorted(set(session_ids)), "request_ids": sorted(set(request_ids))}
-    if today is not None:
-        config["today"] = today.isoformat()
-    return {"ops": {"status_tables": {"config": config}}}
 
 
 def refresh_request(run_config: dict, **kwargs) -> RunRequest:
@@ -62,11 +59,6 @@ def refresh_request(run_config: dict, **kwargs) -> RunRequest:
         kwargs.setdefault("asset_selection", STATUS_ASSET_KEYS)
         kwargs["asset_check_keys"] = []
     return RunRequest(run_config=run_config, **kwargs)
-
-
-def all_programmes_tags(partition_keys: list[str]) -> dict[str, str]:
-    """Tags for ONE run over every programme partition (dynamic partitions keep insertion order)."""
-    return {ASSET_PARTITION_RANGE_START_TAG: partition_keys[0], ASSET_PARTITION_RANGE_END_TAG: partition_keys[-1]}
 
 
 def _programme_keys(context: SensorEvaluationContext) -> list[str]:
@@ -361,10 +353,9 @@ def status_refresh_deadline_sensor(context: SensorEvaluationContext, postgres: P
         return SkipReason(f"the nightly refresh for {day.isoformat()} succeeded")
     message = f"the 03:00 London full status refresh for {day.isoformat()} had not succeeded by 06:00 London"
     details = {"job_name": status_refresh_job.name, "date": day.isoformat()}
-    with postgres.begin() as conn:
-        alert_id = record_alert(conn, "status_refresh_late", message, details)
+    with postgres.connect() as conn:
+        alert_id = raise_alert(conn, "status_refresh_late", message, details)
     context.log.warning(f"alert {alert_id}: {message}")
-    post_alert_webhook("status_refresh_late", alert_id, message, details)
     # Only after the alert is committed: a failure above leaves the cursor, so the next tick retries.
     context.update_cursor(day.isoformat())
     return SkipReason(f"alert {alert_id} recorded")

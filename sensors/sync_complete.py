@@ -9,7 +9,7 @@ Each newly finished row is handed to the family that owns its `source`:
 | replica             | sensors.pruning.on_sync_complete         | sync-group prune of that replica      |
 
 A handler takes the row (`SyncRun`) and the tick (`SyncTick`: the sensor's own Postgres
-connection and the Dagster instance) and returns a `SyncReaction`. Run keys include the sync
+connection and the Dagster instance) and returns a `SyncReaction` (the types are in `sync.py`). Run keys include the sync
 run's id, so they stay right if the cursor is reset (Dagster drops a repeated key).
 
 Rows can finish out of id order (a long import started first finishes last), so the cursor
@@ -19,14 +19,11 @@ rather than a plain "id > last".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from dagster import (
     AddDynamicPartitionsRequest,
-    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -39,50 +36,20 @@ from assets.cohort_stats import facility_stats_job
 from assets.pruning import replica_sync_group_prune_job
 from assets.statuses import status_refresh_job
 from resources.postgres import PostgresResource
+from sensors import cohort_stats, pruning, statuses
 from sensors.cursors import HighWaterCursor
+from sensors.sync import SyncHandler, SyncRun, SyncTick
 
 MAX_ROWS_PER_TICK = 200  # bounded well under the 60 s sensor limit
 
 
-@dataclass(frozen=True)
-class SyncRun:
-    id: int
-    source: str
-    replica_id: str | None
-    started_at: datetime
-    finished_at: datetime
-    all_succeeded: bool
-    touched: list[Any] | None
-
-
-@dataclass
-class SyncReaction:
-    run_requests: list[RunRequest] = field(default_factory=list)
-    dynamic_partitions_requests: list[Any] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class SyncTick:
-    """What a handler may read during the tick: the sensor's connection (from its `postgres`
-    resource, one for the whole tick) and the instance (e.g. the registered dynamic partitions)."""
-
-    conn: sa.Connection
-    instance: DagsterInstance
-
-
-SyncHandler = Callable[[SyncRun, SyncTick], SyncReaction]
-
-
 def sync_handlers() -> dict[str, SyncHandler]:
-    """The family handlers that exist (a family without one yet is simply not reacted to)."""
-    from sensors import cohort_stats, pruning, statuses
-
-    handlers = {
-        "immunisation_import": getattr(statuses, "on_sync_complete", None),
-        "renal_feed": getattr(cohort_stats, "on_sync_complete", None),
-        "replica": getattr(pruning, "on_sync_complete", None),
+    """The family that owns each source (a source with no handler is logged and skipped)."""
+    return {
+        "immunisation_import": statuses.on_sync_complete,
+        "renal_feed": cohort_stats.on_sync_complete,
+        "replica": pruning.on_sync_complete,
     }
-    return {source: handler for source, handler in handlers.items() if handler is not None}
 
 
 def fetch_finished_sync_runs(conn: sa.Connection, cursor: HighWaterCursor,

@@ -112,6 +112,21 @@ def database_url(pg_admin_url, template_database, monkeypatch) -> str:
 
 
 @pytest.fixture
+def set_env(monkeypatch):
+    """`set_env(NAME, value)` sets (None: unsets) an environment variable for one test and makes the
+    settings object read it again."""
+    def set_(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+        settings_module.get_settings.cache_clear()
+
+    yield set_
+    settings_module.get_settings.cache_clear()
+
+
+@pytest.fixture
 def engine(database_url) -> sa.Engine:
     engine = sa.create_engine(database_url, connect_args={"prepare_threshold": None})
     yield engine
@@ -154,18 +169,14 @@ def s3_env(s3_server, monkeypatch) -> dict:
 @pytest.fixture
 def settings(database_url, s3_env):
     """Settings for a test that uses both the database and S3 (buckets created)."""
-    from resources.s3 import ensure_buckets, s3_client
-
     loaded = load_settings()
-    ensure_buckets(s3_client(loaded), loaded)
+    loaded.ensure_buckets()
     return loaded
 
 
 @pytest.fixture
 def s3(settings):
-    from resources.s3 import s3_client
-
-    return s3_client(settings)
+    return settings.s3_client()
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ from dagster import DagsterInstance, build_run_status_sensor_context, job, op
 
 from orchestration.schema import alerts
 from resources.postgres import PostgresResource
-from sensors.alerts import WEBHOOK_ENV, post_webhook, record_alert, run_failure_alert, sensors
+from orchestration.alerts import post_webhook, record_alert
+from sensors.alerts import run_failure_alert, sensors
+
+WEBHOOK_ENV = "PSO_ALERT_WEBHOOK_URL"
 
 # Looks like personal data; it is in the exception message and must not reach the alert.
 SECRET_VALUE = "Jane Doe 07700 900123"
@@ -80,12 +83,12 @@ def alert_rows(engine):
         return conn.execute(sa.select(alerts).order_by(alerts.c.id)).mappings().all()
 
 
-def test_failed_run_records_alert_and_posts_webhook(engine, database_url, webhook, monkeypatch, caplog):
+def test_failed_run_records_alert_and_posts_webhook(engine, database_url, webhook, set_env, caplog):
     url, received = webhook
-    monkeypatch.setenv(WEBHOOK_ENV, url)
+    set_env(WEBHOOK_ENV, url)
     with DagsterInstance.ephemeral() as instance:
         context, run_id = failure_context(instance, database_url)
-        with caplog.at_level(logging.WARNING, logger="sensors.alerts"):
+        with caplog.at_level(logging.WARNING, logger="orchestration.alerts"):
             run_failure_alert(context)
 
     [row] = alert_rows(engine)
@@ -105,9 +108,9 @@ def test_failed_run_records_alert_and_posts_webhook(engine, database_url, webhoo
     assert SECRET_VALUE not in json.dumps(dict(row), default=str)
 
 
-def test_without_webhook_only_the_row(engine, database_url, webhook, monkeypatch):
+def test_without_webhook_only_the_row(engine, database_url, webhook, set_env):
     url, received = webhook
-    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    set_env(WEBHOOK_ENV, None)
     with DagsterInstance.ephemeral() as instance:
         context, _ = failure_context(instance, database_url)
         run_failure_alert(context)
@@ -115,16 +118,16 @@ def test_without_webhook_only_the_row(engine, database_url, webhook, monkeypatch
     assert received == []
 
 
-def test_unreachable_webhook_is_logged_not_raised(engine, database_url, monkeypatch, caplog):
+def test_unreachable_webhook_is_logged_not_raised(engine, database_url, set_env, caplog):
     import socket
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{port}/hook")
+    set_env(WEBHOOK_ENV, f"http://127.0.0.1:{port}/hook")
     with DagsterInstance.ephemeral() as instance:
         context, _ = failure_context(instance, database_url)
-        with caplog.at_level(logging.WARNING, logger="sensors.alerts"):
+        with caplog.at_level(logging.WARNING, logger="orchestration.alerts"):
             run_failure_alert(context)
     assert len(alert_rows(engine)) == 1
     assert any("alert webhook failed" in r.getMessage() for r in caplog.records)

@@ -108,7 +108,6 @@ def seeded_pair(pg_admin_url, template_database, s3_env, monkeypatch):
     from orchestration import settings as settings_module
     from orchestration.settings import load_settings
     from orchestration.synthetic import seed_all
-    from resources.s3 import ensure_buckets, s3_client
 
     base = pg_admin_url.rsplit("/", 1)[0]
     suffix = uuid.uuid4().hex[:8]
@@ -120,8 +119,8 @@ def seeded_pair(pg_admin_url, template_database, s3_env, monkeypatch):
     monkeypatch.setenv("PSO_DATABASE_URL", url_a)
     settings_module.get_settings.cache_clear()
     settings = load_settings()
-    s3 = s3_client(settings)
-    ensure_buckets(s3, settings)
+    s3 = settings.s3_client()
+    settings.ensure_buckets(s3)
     seed_all(url_a, scale="tiny", s3=s3, settings=settings, now=SEED_NOW, echo=lambda *_: None)
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{names["b"]}" TEMPLATE "{names["a"]}"')

@@ -13,7 +13,7 @@ from dagster import AssetSelection, Definitions, SkipReason, build_schedule_cont
 from assets import cohort_stats as cs
 from schedules.cohort_stats import facility_stats_aot_schedule
 from sensors import cohort_stats as sensors_cs
-from sensors.sync_complete import SyncRun, SyncTick
+from sensors.sync import SyncRun, SyncTick
 from tests.test_cohort_stats import add_patient, set_settings, small_unit
 
 UTC = timezone.utc

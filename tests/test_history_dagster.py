@@ -141,9 +141,11 @@ def test_restore_hour_cli_parses_hours():
 
     import pytest
 
-    assert history.parse_hour("2025-01-02T03") == datetime(2025, 1, 2, 3, tzinfo=UTC)
+    from orchestration.cli.families import parse_hour
+
+    assert parse_hour("2025-01-02T03") == datetime(2025, 1, 2, 3, tzinfo=UTC)
     with pytest.raises(argparse.ArgumentTypeError):
-        history.parse_hour("2025-01-02 03:00")
+        parse_hour("2025-01-02 03:00")
 
 
 def test_pso_restore_hour_command(engine, settings, s3, capsys):

@@ -631,10 +631,10 @@ def test_sigkill_between_upload_and_status_update_then_next_run_finishes(conn, s
     script = (
         "import sys; from datetime import date, datetime, timezone;"
         "from assets.letters import collate_letters; from orchestration.settings import get_settings;"
-        "from resources.s3 import s3_client; from resources.postgres import make_engine;"
+        "from resources.postgres import make_engine;"
         "s = get_settings();"
         "conn = make_engine(s.database_url).connect();"
-        f"collate_letters(conn, s3_client(s), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'), workers=1)"
+        f"collate_letters(conn, s.s3_client(), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'), workers=1)"
     )
     env = {**os.environ, "PSO_DATABASE_URL": database_url, L.FAULT_ENV: "kill_after_upload"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)

@@ -23,7 +23,8 @@ from resources.postgres import PostgresResource
 from schedules.pruning import replica_maintenance_schedule
 from sensors.pruning import MAX_NEW_REPLICAS_PER_TICK, on_sync_complete, prune_run_key, replica_registry_sensor
 from sensors.cursors import HighWaterCursor
-from sensors.sync_complete import SyncRun, sync_complete_sensor
+from sensors.sync import SyncRun
+from sensors.sync_complete import sync_complete_sensor
 
 IN, OUT = uuid.UUID(int=1), uuid.UUID(int=3)
 

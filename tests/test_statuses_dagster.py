@@ -31,12 +31,12 @@ from assets.statuses import (
     status_drift,
     status_tables,
 )
+from assets.statuses import NIGHTLY_DATE_TAG
 from orchestration.schema import ConsentStatus, SessionStatus
 from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
 from schedules.statuses import status_refresh_nightly
 from sensors.statuses import (
-    NIGHTLY_DATE_TAG,
     day_change_sensor,
     programme_added_sensor,
     status_refresh_deadline_sensor,

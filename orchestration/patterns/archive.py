@@ -341,7 +341,7 @@ def read_parquet_objects(s3, bucket: str, prefix: str):
 
 def restore_parquet(conn: sa.Connection, export: ParquetExport, s3, bucket: str, prefix: str) -> dict[str, int]:
     """Re-import every object under `prefix` into the table, deduplicating by key. One transaction."""
-    from orchestration.synthetic import copy_rows
+    from orchestration.bulk import copy_rows
 
     table, keys = read_parquet_objects(s3, bucket, prefix)
     if table is None:

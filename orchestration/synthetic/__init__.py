@@ -17,8 +17,9 @@ from typing import Any, Iterable
 
 import psycopg
 
+from orchestration.bulk import copy_rows
 from orchestration.clock import london_today, now_utc
-from orchestration.settings import with_driver
+from resources.postgres import with_driver
 
 SCALES = {"tiny": 0.05, "demo": 1.0, "bench": 20.0}
 
@@ -81,22 +82,9 @@ class SynthContext:
 
     def copy(self, table: str, columns: list[str], rows: Iterable[tuple]) -> int:
         """COPY rows into `table` (schema-qualified names allowed); returns the row count."""
-        return copy_rows(self.conn, table, columns, rows, self.stats)
-
-
-def copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows: Iterable[tuple],
-              stats: LoadStats | None = None) -> int:
-    ident = psycopg.sql.SQL(".").join(psycopg.sql.Identifier(part) for part in table.split("."))
-    statement = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
-        ident, psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c in columns))
-    count = 0
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
-            count += 1
-    if stats is not None:
-        stats.rows[table] = stats.rows.get(table, 0) + count
-    return count
+        count = copy_rows(self.conn, table, columns, rows)
+        self.stats.rows[table] = self.stats.rows.get(table, 0) + count
+        return count
 
 
 def database_is_empty(database_url: str) -> bool:

@@ -6,8 +6,7 @@
     pso seed [--scale demo|bench|N] [--seed N] [--if-empty]
     pso bench CASE [--scale N]
 
-Families add their own commands (explain, stats, restore, …) with a `register_cli(subparsers)`
-function in their assets module.
+The families' commands (explain, stats, restore-hour, letters, prune) are in `families.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import sys
 
 import psutil
 
+from orchestration.cli.environment import export_env
 from orchestration.settings import PROJECT_ROOT, SettingsError, get_settings
 
 
@@ -59,27 +59,17 @@ def _services_status(settings) -> int:
     return 0 if pg_up and s3_up else 3
 
 
-def _export_env(settings) -> None:
-    """Make the embedded endpoints and their credentials visible to this process and its children."""
-    from orchestration.services import export_embedded_env
-
-    os.environ.update(export_embedded_env(settings))
-    os.environ.setdefault("PSO_DAGSTER_STORAGE_URL", settings.dagster_storage_url_for_instance)
-    get_settings.cache_clear()
-
-
 def _prepare(settings, seed_if_empty: bool = True, scale: str = "demo") -> None:
     """Migrate, create buckets, seed the demo data if the database is empty."""
     from orchestration.migrate import upgrade
     from orchestration.synthetic import database_is_empty, seed_all
-    from resources.s3 import ensure_buckets, s3_client
 
-    _export_env(settings)
+    export_env(settings)
     settings = get_settings()
     upgrade(settings.database_url)
     print("schema    migrated to head")
-    client = s3_client(settings)
-    ensure_buckets(client, settings)
+    client = settings.s3_client()
+    settings.ensure_buckets(client)
     if seed_if_empty and database_is_empty(settings.database_url):
         print(f"seeding   synthetic data (scale {scale})")
         seed_all(settings.database_url, scale=scale, s3=client, settings=settings)
@@ -176,7 +166,7 @@ def cmd_services(args) -> int:
 def cmd_migrate(args) -> int:
     from orchestration.migrate import downgrade, upgrade
 
-    _export_env(get_settings())
+    export_env(get_settings())
     url = get_settings().database_url
     if args.down:
         downgrade(url, args.revision or "base")
@@ -190,16 +180,15 @@ def cmd_migrate(args) -> int:
 def cmd_seed(args) -> int:
     from orchestration.migrate import upgrade
     from orchestration.synthetic import database_is_empty, seed_all
-    from resources.s3 import ensure_buckets, s3_client
 
-    _export_env(get_settings())
+    export_env(get_settings())
     settings = get_settings()
     upgrade(settings.database_url)
     if args.if_empty and not database_is_empty(settings.database_url):
         print("seed      the database already has data; nothing loaded")
         return 0
-    client = s3_client(settings)
-    ensure_buckets(client, settings)
+    client = settings.s3_client()
+    settings.ensure_buckets(client)
     seed_all(settings.database_url, scale=args.scale, seed=args.seed, s3=client, settings=settings)
     return 0
 
@@ -207,7 +196,7 @@ def cmd_seed(args) -> int:
 def cmd_bench(args) -> int:
     from bench.runner import run_case
 
-    _export_env(get_settings())
+    export_env(get_settings())
     return run_case(args.case, args.scale, record=not args.no_record)
 
 
@@ -246,12 +235,9 @@ def build_parser(include_families: bool = True) -> argparse.ArgumentParser:
 
     if not include_families:
         return parser
-    from assets import FAMILIES
+    from orchestration.cli.families import add_family_commands
 
-    for family in FAMILIES:
-        register = getattr(family, "register_cli", None)
-        if register is not None:
-            register(sub)
+    add_family_commands(sub)
     return parser
 
 

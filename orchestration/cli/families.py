@@ -1,0 +1,175 @@
+"""The families' own `pso` commands: explain, stats get, restore-hour, letters, prune.
+
+Each command parses its arguments, opens a connection and calls the family's plain functions in
+`assets/`; the rules live there, not here. Family modules are imported inside the commands so that
+`pso --help` and the core commands stay fast and keep working while a family module is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from datetime import date, datetime, timedelta, timezone
+
+from orchestration.cli.environment import cli_settings
+from orchestration.schema import PROGRAMME_TYPES, STATS_KINDS
+
+
+# -- statuses: pso explain PATIENT_ID PROGRAMME_TYPE ---------------------------------------------
+
+def cmd_explain(args) -> int:
+    from assets.statuses import explain_statuses, format_explanation
+    from orchestration.clock import london_today, now_utc
+    from resources.postgres import make_engine
+
+    settings = cli_settings()
+    today = date.fromisoformat(args.today) if args.today else london_today(now_utc())
+    with make_engine(settings.database_url).connect() as conn:
+        try:
+            explanation = explain_statuses(conn, args.patient_id, args.programme_type, today)
+        except ValueError as error:
+            print(f"pso explain: {error}")
+            return 2
+    print(format_explanation(explanation))
+    return 0
+
+
+# -- cohort stats: pso stats get UNIT --kind dialysis|demographics [--window w1|w2] -------------
+
+def _json_default(value):
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def cmd_stats_get(args) -> int:
+    from assets.cohort_stats import MissingFacilityError, get_facility_stats
+    from orchestration.schema import StatsOutcome
+    from resources.postgres import make_engine
+
+    engine = make_engine(cli_settings().database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            read = get_facility_stats(conn, args.unit, args.kind, args.window)
+    except MissingFacilityError as error:
+        print(f"pso stats: {error}", file=sys.stderr)
+        return 4
+    entry = read.entry
+    out = {**entry.key, **entry.values, "computed_at": entry.computed_at, "expires_at": entry.expires_at,
+           "source": read.source, "outcome": StatsOutcome(entry.values["outcome"]).name.lower()}
+    print(json.dumps(out, default=_json_default, indent=2))
+    return 0 if entry.values["outcome"] == StatsOutcome.OK else 3  # 3 ≈ the API's 404 for an empty cohort
+
+
+# -- history: pso restore-hour YYYY-MM-DDTHH ----------------------------------------------------
+
+def parse_hour(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UTC hour as YYYY-MM-DDTHH, got {value!r}") from None
+
+
+def cmd_restore_hour(args) -> int:
+    from assets.history import restore_hour
+    from resources.postgres import make_engine
+
+    settings = cli_settings()
+    with make_engine(settings.database_url).connect() as conn:
+        counts = restore_hour(conn, settings.s3_client(), settings.buckets.archive, args.hour)
+    print(f"restore   hour {args.hour:%Y-%m-%dT%H}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
+          f"{counts['inserted']} inserted into notification_history (the rest were already there)")
+    return 0 if counts["objects"] else 1
+
+
+# -- letters: pso letters collate | archive-contact-list ----------------------------------------
+
+def cmd_letters_collate(args) -> int:
+    from assets.letters import collate_letters
+    from orchestration.clock import now_utc, print_date
+    from resources.postgres import make_engine
+
+    settings = cli_settings()
+    now = now_utc()
+    day = date.fromisoformat(args.print_date) if args.print_date else print_date(now)
+    with make_engine(settings.database_url).connect() as conn:
+        result = collate_letters(conn, settings.s3_client(), settings.buckets, day, now, workers=args.workers, echo=print)
+    for postage, figures in result.volumes.items():
+        print(f"  {postage:<14} {figures['letters']:>8} letters {figures['sheets']:>8} sheets")
+    return 0
+
+
+def cmd_archive_contact_list(args) -> int:
+    from assets.letters import archive_contact_list
+    from resources.postgres import make_engine
+
+    settings = cli_settings()
+    with make_engine(settings.database_url).connect() as conn:
+        done = archive_contact_list(conn, settings.s3_client(), settings.buckets.contact_lists, uuid.UUID(args.list_id))
+    print("archived" if done else "no such contact list")
+    return 0 if done else 1
+
+
+# -- pruning: pso prune REPLICA [--maintenance [--force]] [--grace-hours H] ----------------------
+
+def cmd_prune(args) -> int:
+    from assets.pruning import ReplicaInputError, replica_maintenance, sync_group_prune
+    from resources.postgres import make_engine
+
+    engine = make_engine(cli_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            if args.maintenance:
+                outcome = replica_maintenance(conn, args.replica_id, force=args.force)
+            else:
+                outcome = sync_group_prune(conn, args.replica_id, grace=timedelta(hours=args.grace_hours))
+    except ReplicaInputError as error:
+        print(f"pso prune: {error}")
+        return 2
+    if outcome.skipped:
+        print(f"replica {outcome.replica_id}: {outcome.kind} skipped: {outcome.skipped_reason}")
+    else:
+        print(f"replica {outcome.replica_id}: {outcome.kind} deleted {outcome.total_deleted} rows "
+              f"(prune_runs id {outcome.prune_run_id})")
+        for table, count in sorted(outcome.deleted.items()):
+            print(f"  {table:<28} {count:>10,}")
+    return 0
+
+
+def add_family_commands(sub) -> None:
+    explain = sub.add_parser("explain", help="why a patient's cached statuses for a programme are what they are")
+    explain.add_argument("patient_id", type=int)
+    explain.add_argument("programme_type", choices=sorted(PROGRAMME_TYPES))
+    explain.add_argument("--today", help="London date to explain for (default: today)")
+    explain.set_defaults(func=cmd_explain)
+
+    stats = sub.add_parser("stats", help="renal unit cohort stats (read-through cache)")
+    stats_sub = stats.add_subparsers(dest="stats_command", required=True)
+    get = stats_sub.add_parser("get", help="print a unit's stats as JSON: cached when fresh, else computed and stored")
+    get.add_argument("unit", help="facility code")
+    get.add_argument("--kind", choices=list(STATS_KINDS), default="dialysis")
+    get.add_argument("--window", choices=["w1", "w2"], default="w1")
+    get.set_defaults(func=cmd_stats_get)
+
+    restore = sub.add_parser("restore-hour", help="re-import a deep-archived hour of notification_history from S3")
+    restore.add_argument("hour", type=parse_hour, help="UTC hour, YYYY-MM-DDTHH")
+    restore.set_defaults(func=cmd_restore_hour)
+
+    letters = sub.add_parser("letters", help="letter collation and contact lists")
+    letters_sub = letters.add_subparsers(dest="letters_command", required=True)
+    collate = letters_sub.add_parser("collate", help="collate a print day now (default: the latest whose deadline passed)")
+    collate.add_argument("--print-date", help="YYYY-MM-DD (London)")
+    collate.add_argument("--workers", type=int, default=16)
+    collate.set_defaults(func=cmd_letters_collate)
+    archive = letters_sub.add_parser("archive-contact-list", help="archive a contact list and delete its CSV")
+    archive.add_argument("list_id")
+    archive.set_defaults(func=cmd_archive_contact_list)
+
+    prune = sub.add_parser("prune", help="prune one replica now (sync-group prune, or --maintenance)")
+    prune.add_argument("replica_id")
+    prune.add_argument("--maintenance", action="store_true", help="the weekly purge instead of the sync-group prune")
+    prune.add_argument("--force", action="store_true", help="with --maintenance: run even if not due")
+    prune.add_argument("--grace-hours", type=float, default=24.0, help="sync-group switch grace (default 24)")
+    prune.set_defaults(func=cmd_prune)
