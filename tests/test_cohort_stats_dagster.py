@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dagster import AssetSelection, Definitions, SkipReason, build_schedule_context, build_sensor_context, instance_for_test, materialize
 
 from assets import cohort_stats as cs
+from orchestration.clock import london_today
 from schedules.cohort_stats import facility_stats_aot_schedule
 from sensors import cohort_stats as sensors_cs
 from sensors.sync import SyncRun, SyncTick
@@ -203,5 +204,5 @@ def test_synthetic_generator_loads_bad_input_that_the_calculators_survive(databa
         by_unit = {d.unit: d for d in done}
         assert by_unit["RXX99"].skipped_reason == "no facility row"
         assert by_unit["RAJ01"].outcomes[0].values["population"] > 0
-        demo = cs.demographics_stats(conn, "RAJ01", cs.window_named(cs.london_today(NOW), "w1"))
+        demo = cs.demographics_stats(conn, "RAJ01", cs.window_named(london_today(NOW), "w1"))
         assert demo["population"] > 0 and set(demo["payload"]["gender"]) == set(cs.GENDERS)
