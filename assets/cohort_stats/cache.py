@@ -42,6 +42,9 @@ STATS_CACHE = TTLCache(
     table=schema.facility_stats,
     key_columns=("facility_code", "stats_kind", "window_start", "window_end"),
     value_columns=("outcome", "payload", "population", "duration_ms", "calculator_version"),
+    # A value computed by another calculator version is outdated whatever its age: bumping a version in
+    # CALCULATOR_VERSIONS recomputes every entry of that kind (read-through and refresh alike).
+    version_column="calculator_version",
 )
 
 
@@ -59,16 +62,18 @@ def get_facility_stats(conn: sa.Connection, unit: str, kind: str = "dialysis", w
     """Read-through: the cached value when fresh, else compute, store and return it.
 
     For a unit the ahead-of-time refresh owns (count above the cutoff, kind in aot_kinds) an
-    expired value is served as it is until its replacement commits: no reader waits.
+    expired or outdated (older calculator version) value is served as it is until its replacement
+    commits: no reader waits.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     now = now or now_utc()
     win = window_named(london_today(now), window)
     key = cache_key(unit, kind, win)
+    version = CALCULATOR_VERSIONS[kind]
     with transaction(conn):  # fast path: one indexed read
         entry = STATS_CACHE.lookup(conn, key)
-    if entry is not None and entry.is_fresh(now):
+    if entry is not None and entry.is_current(now, version):
         return CacheRead(entry, "fresh")
     with transaction(conn):
         settings = read_stats_settings(conn)
@@ -77,7 +82,7 @@ def get_facility_stats(conn: sa.Connection, unit: str, kind: str = "dialysis", w
         raise MissingFacilityError(f"no facility row for code {unit!r}")
     owned_by_refresh = count.ukrdc_record_count > settings.aot_min_records and kind in settings.aot_kinds
     return STATS_CACHE.read_through(conn, key, compute_for(unit, kind, win),
-                                    ttl=settings.ttl, serve_stale=owned_by_refresh, now=now)
+                                    ttl=settings.ttl, serve_stale=owned_by_refresh, now=now, version=version)
 
 
 @dataclass
@@ -95,8 +100,9 @@ def refresh_unit(conn: sa.Connection, unit: str, kind: str, settings: StatsSetti
     """Refresh one unit's entries of one kind for the current windows (each key its own transaction).
 
     Above the cutoff (kind in aot_kinds): every window, skipping keys computed within
-    skip_if_fresher_than (unless force). Otherwise never precomputed; only entries a reader already created (read-through) and that
-    are still unexpired are refreshed, so a feed's changes reach them.
+    skip_if_fresher_than by the current calculator version (unless force). Otherwise never
+    precomputed; only entries a reader already created (read-through) and that are still unexpired
+    are refreshed, so a feed's changes reach them.
     """
     with transaction(conn):
         count = unit_record_count(conn, unit)
@@ -121,7 +127,8 @@ def refresh_unit(conn: sa.Connection, unit: str, kind: str, settings: StatsSetti
                         "(first ids): %s", unit, ", ".join(bad))
     skip_after = None if force else run_start - settings.skip_if_fresher_than
     outcomes = [STATS_CACHE.refresh(conn, cache_key(unit, kind, w), compute_for(unit, kind, w), ttl=settings.ttl,
-                                    skip_if_computed_after=skip_after, now=run_start) for w in windows]
+                                    skip_if_computed_after=skip_after, now=run_start,
+                                    version=CALCULATOR_VERSIONS[kind]) for w in windows]
     return UnitRefresh(unit, kind, eligible, count.ukrdc_record_count, outcomes)
 
 
@@ -145,11 +152,20 @@ def refresh_units(conn: sa.Connection, units: list[str], kind: str, run_start: d
 
 def expired_aot_entries(conn: sa.Connection, now: datetime, grace: timedelta = REFRESH_GRACE,
                         kinds: Iterable[str] | None = None) -> tuple[list[dict], list[dict], StatsSettings]:
-    """(expired, missing) current-window entries of above-cutoff units for the ahead-of-time kinds."""
+    """(expired, missing) current-window entries of above-cutoff units for the ahead-of-time kinds.
+
+    Expired includes entries computed by an older calculator version, whatever their age (so the
+    registry sensor requests their refresh at its next tick after an upgrade).
+    """
+    expired: list[dict] = []
+    missing: list[dict] = []
     with transaction(conn):
         settings = read_stats_settings(conn)
         units, _ = eligible_units(conn, settings)
-        wanted = [k for k in settings.aot_kinds if kinds is None or k in kinds]
-        keys = [cache_key(u.facility_code, k, w) for u in units for k in wanted for w in stats_windows(london_today(now))]
-        expired, missing = STATS_CACHE.expired(conn, keys, now, grace)
+        windows = stats_windows(london_today(now))
+        for kind in (k for k in settings.aot_kinds if kinds is None or k in kinds):
+            keys = [cache_key(u.facility_code, kind, w) for u in units for w in windows]
+            e, m = STATS_CACHE.expired(conn, keys, now, grace, version=CALCULATOR_VERSIONS[kind])
+            expired += e
+            missing += m
     return expired, missing, settings

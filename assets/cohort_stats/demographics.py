@@ -1,8 +1,10 @@
-"""Demographics calculator (domain.md §2.4): gender, ethnic group and age histograms of the living
-patients with a UKRDC record at the unit, one row per patient (`ukrdcid`)."""
+"""Demographics calculator (domain.md §2.4): gender, ethnic group and age histograms of the patients
+living today with a UKRDC record at the unit, one row per patient (`ukrdcid`). The cohort does not
+depend on the window: W1 and W2 hold the same figures, all as of today."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,18 +12,19 @@ import sqlalchemy as sa
 from assets.cohort_stats.shaping import aggregate_frame, empty_cohort, ok, section_counts
 from assets.cohort_stats.windows import Window
 
-CALCULATOR_VERSION = "pso-demographics-1"
+# 2: the cohort and the ages are those of today for every window (W2 was computed as of its end).
+CALCULATOR_VERSION = "pso-demographics-2"
 
 GENDERS = ("Male", "Female", "Indeterminate", "Unknown")
 ETHNIC_GROUPS = ("White", "Mixed", "Asian", "Black", "Other", "Not Stated", "Unknown")
 
 DEMOGRAPHICS_SQL = sa.text("""
-WITH cohort AS (       -- living patients with a UKRDC record at the unit, one row per ukrdcid
+WITH cohort AS (       -- patients living today with a UKRDC record at the unit, one row per ukrdcid
     SELECT DISTINCT ON (r.ukrdcid) r.ukrdcid, trim(p.gender) AS gender,
            upper(left(trim(p.ethnicgroupcode), 1)) AS ethnic_letter, CAST(p.birthtime AS date) AS birth
     FROM patientrecord r LEFT JOIN patient p ON p.pid = r.pid
     WHERE r.sendingfacility = :unit AND r.sendingextract = 'UKRDC'
-      AND (p.deathtime IS NULL OR p.deathtime >= :end_excl)
+      AND (p.deathtime IS NULL OR p.deathtime >= :tomorrow)
     ORDER BY r.ukrdcid, r.pid
 ),
 aged AS (
@@ -61,12 +64,12 @@ def is_leap(year: int) -> bool:
 
 
 def demographics_stats(conn: sa.Connection, unit: str, window: Window) -> dict[str, Any]:
-    """Value columns of one demographics entry: living at the window end, ages on the end date
-    (W1's end is today, as §2.4 states)."""
-    on = window.end
+    """Value columns of one demographics entry: patients living on `window.as_of` (today), aged on
+    that day, whatever the window's dates."""
+    on = window.as_of
     frame = aggregate_frame(conn, DEMOGRAPHICS_SQL, {
-        "unit": unit, "end_excl": window.end_exclusive, "on": on, "on_year": on.year, "on_month": on.month,
-        "on_day": on.day, "on_leap": is_leap(on.year),
+        "unit": unit, "tomorrow": datetime.combine(on + timedelta(days=1), datetime.min.time()), "on": on,
+        "on_year": on.year, "on_month": on.month, "on_day": on.day, "on_leap": is_leap(on.year),
     })
     population = int(frame.loc[frame["section"] == "gender", "n"].sum())
     if population == 0:

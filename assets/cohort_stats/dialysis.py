@@ -12,14 +12,17 @@ import sqlalchemy as sa
 from assets.cohort_stats.shaping import aggregate_frame, empty_cohort, ok, section_counts
 from assets.cohort_stats.windows import Window
 
-CALCULATOR_VERSION = "pso-dialysis-1"
+# 2: prior KRT on any record of the patient (not only UKRDC-extract ones) makes them not incident;
+#    in-centre frequency over whole days, a value on a bin edge in the lower bin.
+CALCULATOR_VERSION = "pso-dialysis-2"
 
 HD_CODES = ("1", "2", "3", "5")
 PD_CODES = ("11", "12")
 KRT_CODES = HD_CODES + PD_CODES + ("20", "29", "78")
 MODALITIES = ("HD Home", "HD In-centre", "HD Unknown/Incomplete", "PD")
 INCENTRE_SESSION_CODE = "302497006"
-FREQUENCY_BIN_EDGES = [i * 0.5 for i in range(15)]  # 14 bins of 0.5 from 0 to 7; ≥ 7 in the last
+# 14 bins of 0.5 from 0 to 7, each holding its upper edge (pandas `cut`, right=True); ≥ 7 in the last.
+FREQUENCY_BIN_EDGES = [i * 0.5 for i in range(15)]
 
 DIALYSIS_SQL = sa.text("""
 WITH b AS (            -- base cohort: HD/PD treatments at the unit overlapping the window
@@ -45,10 +48,10 @@ latest AS (            -- modality from the B treatment with the latest fromtime
     SELECT DISTINCT ON (ukrdcid) ukrdcid, code, qbl05
     FROM b ORDER BY ukrdcid, fromtime DESC, totime DESC NULLS FIRST, treatment_id DESC
 ),
-prior_krt AS (         -- KRT at any facility before the window start
+prior_krt AS (         -- KRT at any facility before the window start, on any record (PV extracts too)
     SELECT DISTINCT r.ukrdcid
     FROM patients p
-    JOIN patientrecord r ON r.ukrdcid = p.ukrdcid AND r.sendingextract = 'UKRDC'
+    JOIN patientrecord r ON r.ukrdcid = p.ukrdcid
     JOIN treatment t ON t.pid = r.pid
     WHERE p.starts_in_window AND trim(t.admitreasoncode) = ANY(CAST(:krt AS text[])) AND t.fromtime < :start
 ),
@@ -74,9 +77,12 @@ sessions AS (
     WHERE s.proceduretypecode = :session_code AND s.proceduretime >= :start AND s.proceduretime < :end_excl
     GROUP BY i.ukrdcid
 ),
-frequency AS (
-    SELECT least(floor(7.0 * n / (extract(epoch FROM last_at - first_at) / 86400.0) / 0.5), 13)::int AS bin
+spans AS (             -- whole days between first and last session (5 days 12 hours is 5)
+    SELECT n, floor(extract(epoch FROM last_at - first_at) / 86400)::int AS days
     FROM sessions WHERE n >= 2 AND last_at - first_at >= interval '1 day'
+),
+frequency AS (         -- 7n/days per week in bins (0.5 k, 0.5 (k + 1)]: k = ceil(14n/days) - 1, in integers
+    SELECT least((14 * n + days - 1) / days - 1, 13)::int AS bin FROM spans
 )
 SELECT 'all' AS section, modality AS label, count(*)::int AS n FROM classified GROUP BY modality
 UNION ALL SELECT 'prevalent', modality, count(*)::int FROM classified WHERE prevalent GROUP BY modality

@@ -163,7 +163,8 @@ STATS_ASSETS = {"dialysis": facility_stats_dialysis, "demographics": facility_st
 def _expiry_check(kind: str):
     @asset_check(asset=STATS_ASSETS[kind], name="no_expired_aot_entries", blocking=False,
                  description=f"No above-cutoff unit has an expired {kind} entry for the current windows "
-                             f"(more than {int(REFRESH_GRACE.total_seconds() // 60)} min past expires_at).")
+                             f"(more than {int(REFRESH_GRACE.total_seconds() // 60)} min past expires_at, or "
+                             "computed by an older calculator version).")
     def _check(postgres: PostgresResource) -> AssetCheckResult:
         with postgres.connect() as conn:
             expired, missing, settings = expired_aot_entries(conn, now_utc(), kinds=[kind])
