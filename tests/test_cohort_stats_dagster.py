@@ -150,6 +150,31 @@ def test_registry_sensor_registers_eligible_units_and_fills_missing(units, resou
     assert [r.partition_key for r in result.run_requests] == ["SMALL"]
 
 
+def test_upgrading_a_calculator_recomputes_precomputed_entries_without_a_manual_step(units, resources, instance, frozen):
+    instance.add_dynamic_partitions("renal_units", ["BIG"])
+    with units.connect() as conn:
+        cs.refresh_units(conn, ["BIG"], "dialysis", NOW - timedelta(minutes=1))
+        # As a deployment of the previous calculator left them: unexpired, computed a minute ago.
+        conn.execute(sa.text("UPDATE facility_stats SET calculator_version = 'pso-dialysis-1'"))
+        conn.commit()
+    with build_sensor_context(instance=instance, resources=resources,
+                              definitions=family_definitions(resources)) as ctx:
+        result = sensors_cs.renal_units_registry(ctx)
+    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [("BIG", "fill:BIG:dialysis:expired:20240710T12")]
+    request = result.run_requests[0]
+    job = family_definitions(resources).resolve_job_def(cs.JOB_NAME)
+    run = job.get_subset(asset_selection=set(request.asset_selection)).execute_in_process(
+        instance=instance, partition_key="BIG", run_config=request.run_config, resources=resources)
+    assert run.success  # not forced, within skip_if_fresher_than, yet both windows recomputed
+    assert run.asset_materializations_for_node("facility_stats_dialysis")[0].metadata["stored"].value == 2
+    with units.connect() as conn:
+        versions = conn.execute(sa.text("SELECT DISTINCT calculator_version FROM facility_stats")).scalars().all()
+    assert versions == [cs.CALCULATOR_VERSIONS["dialysis"]]
+    with build_sensor_context(instance=instance, resources=resources,
+                              definitions=family_definitions(resources)) as ctx:
+        assert isinstance(sensors_cs.renal_units_registry(ctx), SkipReason)
+
+
 def test_sync_complete_refreshes_touched_units(units, resources, instance, frozen):
     run = SyncRun(id=42, source="renal_feed", replica_id=None, started_at=NOW, finished_at=NOW, all_succeeded=True,
                   touched=["SMALL", "BIG", "NOFAC", "bad,code"])
