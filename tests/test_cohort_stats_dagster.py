@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dagster import AssetSelection, Definitions, SkipReason, build_schedule_context, build_sensor_context, instance_for_test, materialize
 
 from assets import cohort_stats as cs
+from orchestration import schema
 from orchestration.clock import london_today
 from schedules.cohort_stats import facility_stats_aot_schedule
 from sensors import cohort_stats as sensors_cs
@@ -66,8 +67,12 @@ def test_materialize_partition_writes_stats_and_readable_metadata(units, resourc
     # dialysis only (aot_kinds default), W1 and W2, TTL 8 h
     assert [(r[0], r[1], r[3]) for r in rows] == [("BIG", "dialysis", timedelta(hours=8))] * 2
     mat = result.asset_materializations_for_node("facility_stats_dialysis")[0]
-    md = mat.metadata["stats"].value
-    assert "| HD In-centre | 4 | 4 | 4 |" in md and "sessions/week" in md
+    table = [r.data for r in mat.metadata["stats"].records]  # MetadataValue.table: one row per window and modality
+    assert {"window": "W1", "from": "2024-04-11", "to": "2024-07-10", "modality": "HD In-centre", "all": 4,
+            "incident": 4, "prevalent": 4} in table
+    assert [r["window"] for r in table if r["modality"] == "Total"] == ["W1", "W2"]
+    frequency = [r.data for r in mat.metadata["stats sessions/week"].records]
+    assert len(frequency) == 28 and frequency[13]["sessions_per_week"] == "6.5–7 and above"
     assert mat.metadata["stored"].value == 2
     counts = result.asset_materializations_for_node("facility_record_counts")[0]
     assert counts.metadata["units above cutoff"].value == 1  # NOFAC is above but has no facility row
@@ -87,6 +92,23 @@ def test_materialize_fails_at_the_end_naming_the_unit(units, resources, instance
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "BIG" in failure.step_failure_data.error.message
+
+
+def test_metadata_tables_for_demographics_and_empty_cohorts(engine):
+    with engine.begin() as conn:
+        conn.execute(schema.facility.insert(), [{"code": "D1"}, {"code": "E1"}])
+        add_patient(conn, "a", "D1", birth="2000-07-05T00:00", gender="2", ethnic="M")
+        add_patient(conn, "b", "D1", birth="1995-01-01T00:00", gender="1", ethnic="A")
+    w1, w2 = cs.stats_windows(london_today(NOW))
+    with engine.connect() as conn:
+        demo = [(w.name.upper(), cs.demographics_stats(conn, "D1", w)) for w in (w1, w2)]
+        empty = [("W1", cs.dialysis_stats(conn, "E1", w1))]
+    rows = [r.data for r in cs.demographics_tables(demo)[""].records]
+    ages = [(r["window"], r["category"], r["patients"]) for r in rows if r["measure"] == "age band"]
+    assert ages == [("W1", "20–29", 2), ("W1", "Unknown", 0), ("W2", "20–29", 2), ("W2", "Unknown", 0)]
+    assert {"window": "W2", "on": "2024-07-10", "measure": "ethnic group", "category": "Black", "patients": 1} in rows
+    tables = cs.dialysis_tables(empty)
+    assert list(tables) == [""] and [r.data["modality"] for r in tables[""].records] == ["(empty cohort)"]
 
 
 def test_expiry_check_fails_when_an_above_cutoff_entry_expired(units, resources, instance, monkeypatch):

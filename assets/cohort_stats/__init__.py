@@ -6,7 +6,7 @@ Where things are:
 - `eligibility`  — `stats_settings`, UKRDC record counts, the cutoff, `facility_record_counts`;
 - `dialysis`, `demographics` — the calculators (SQL aggregates; `shaping` turns their rows into payloads);
 - `cache`        — `STATS_CACHE` (the TTL cache), the read-through and the ahead-of-time refresh;
-- `markdown`     — the tables run metadata shows;
+- `metadata`     — the tables run metadata shows (`MetadataValue.table`);
 - `wiring`       — Dagster assets, the expiry check, the job and the run requests.
 
 This module exposes what the rest of the project imports (`assets`, `asset_checks`, `jobs` for
@@ -49,7 +49,7 @@ from assets.cohort_stats.eligibility import (
     ukrdc_record_counts,
     unit_record_count,
 )
-from assets.cohort_stats.markdown import MARKDOWN, demographics_markdown, dialysis_markdown
+from assets.cohort_stats.metadata import TABLES, demographics_tables, dialysis_tables
 from assets.cohort_stats.windows import Window, quarter_start, stats_windows, window_named
 from assets.cohort_stats.wiring import (
     GROUP,
@@ -74,10 +74,10 @@ from assets.cohort_stats.wiring import (
 __all__ = [
     "CALCULATORS", "CALCULATOR_VERSIONS", "DEFAULT_TTL", "ETHNIC_GROUPS", "EXCLUDED_SENDING_FACILITIES",
     "FREQUENCY_BIN_EDGES", "FacilityStatsConfig", "GENDERS", "GROUP", "HD_CODES", "INCENTRE_SESSION_CODE",
-    "JOB_NAME", "KINDS", "KRT_CODES", "MARKDOWN", "MODALITIES", "MissingFacilityError", "PD_CODES", "POOL",
+    "JOB_NAME", "KINDS", "KRT_CODES", "TABLES", "MODALITIES", "MissingFacilityError", "PD_CODES", "POOL",
     "REFRESH_GRACE", "SOURCE_KEYS", "SOURCE_SPECS", "STATS_ASSETS", "STATS_CACHE", "StatsSettings", "UnitCount",
-    "UnitRefresh", "Window", "asset_checks", "assets", "cache_key", "compute_for", "demographics_markdown",
-    "demographics_stats", "dialysis_markdown", "dialysis_stats", "eligible_units", "expired_aot_entries",
+    "UnitRefresh", "Window", "asset_checks", "assets", "cache_key", "compute_for", "demographics_tables",
+    "demographics_stats", "dialysis_tables", "dialysis_stats", "eligible_units", "expired_aot_entries",
     "facility_record_counts", "facility_stats_demographics", "facility_stats_dialysis", "facility_stats_job",
     "get_facility_stats", "jobs", "quarter_start", "read_stats_settings", "refresh_record_counts", "refresh_unit",
     "refresh_units", "run_asset_selection", "stats_run_config", "stats_run_request", "stats_windows",

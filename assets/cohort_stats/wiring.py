@@ -39,7 +39,7 @@ from assets.cohort_stats.eligibility import (
     read_stats_settings,
     refresh_record_counts,
 )
-from assets.cohort_stats.markdown import MARKDOWN, md_table
+from assets.cohort_stats.metadata import TABLES, skipped_table
 from assets.cohort_stats.windows import stats_windows
 from orchestration.clock import london_today, now_utc
 from orchestration.partitions import renal_units_partitions
@@ -140,12 +140,13 @@ def _build_stats_asset(kind: str):
         }
         skipped = {r.unit: r.skipped_reason for r in done if r.skipped_reason}
         if skipped:
-            metadata["skipped units"] = MetadataValue.md(md_table(["unit", "reason"], [[u, s] for u, s in skipped.items()]))
+            metadata["skipped units"] = skipped_table(skipped)
+        labels = {w.start: w.name.upper() for w in stats_windows(london_today(run_start))}
         for r in done:
-            labels = {w.start: w.name.upper() for w in stats_windows(london_today(run_start))}
-            parts = [MARKDOWN[kind](r.unit, labels.get(o.key["window_start"], ""), o.values) for o in r.outcomes]
-            if parts:
-                metadata[f"{r.unit}" if len(units) > 1 else "stats"] = MetadataValue.md("\n\n".join(parts))
+            if r.outcomes:
+                prefix = r.unit if len(units) > 1 else "stats"
+                tables = TABLES[kind]([(labels.get(o.key["window_start"], ""), o.values) for o in r.outcomes])
+                metadata.update({prefix + suffix: table for suffix, table in tables.items()})
         if failed:
             context.log.error(f"{kind} stats failed for units: {', '.join(sorted(failed))}")
             raise Failure(description=f"{kind} stats failed for {len(failed)} unit(s): {', '.join(sorted(failed))}; "
