@@ -50,7 +50,7 @@ def pandas_dialysis(conn: sa.Connection, unit: str, window: cs.Window) -> dict:
     history = pd.read_sql(sa.text("""
         SELECT r.ukrdcid, trim(t.admitreasoncode) AS code, t.fromtime
         FROM patientrecord r JOIN treatment t ON t.pid = r.pid
-        WHERE r.sendingextract = 'UKRDC' AND r.ukrdcid = ANY(CAST(:ids AS text[]))"""), conn, params={"ids": ids})
+        WHERE r.ukrdcid = ANY(CAST(:ids AS text[]))"""), conn, params={"ids": ids})  # any record, PV too
     prior = set(history[history["code"].isin(cs.KRT_CODES) & (history["fromtime"] < start)]["ukrdcid"])
 
     def modality(row):
@@ -74,8 +74,9 @@ def pandas_dialysis(conn: sa.Connection, unit: str, window: cs.Window) -> dict:
                  & (sessions["proceduretime"] < end)]
     g = s.groupby("ukrdcid")["proceduretime"].agg(["count", "min", "max"])
     g = g[(g["count"] >= 2) & ((g["max"] - g["min"]) >= pd.Timedelta(days=1))]
-    per_week = 7 * g["count"] / ((g["max"] - g["min"]).dt.total_seconds() / 86400)
-    bins = (per_week // 0.5).clip(upper=13).astype(int).value_counts()
+    per_week = 7 * g["count"] / (g["max"] - g["min"]).dt.days  # whole days
+    edges = [*cs.FREQUENCY_BIN_EDGES[:-1], float("inf")]  # ≥ 7 in the last bin
+    bins = pd.Series(pd.cut(per_week, edges, right=True, labels=False)).astype(int).value_counts()
 
     def split(mask):
         counts = patients[mask]["modality"].value_counts()

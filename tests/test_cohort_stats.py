@@ -87,7 +87,8 @@ def test_dialysis_calculator_hand_computed(engine):
     assert p["prevalent"] == {"HD Home": 1, "HD In-centre": 3, "HD Unknown/Incomplete": 1, "PD": 2}
     assert p["incident"] == {"HD Home": 0, "HD In-centre": 3, "HD Unknown/Incomplete": 0, "PD": 0}
     counts = p["incentre_dialysis_frequency"]["counts"]
-    assert len(counts) == 14 and counts[6] == 1 and counts[13] == 1 and sum(counts) == 2
+    # P1: 3 sessions over 7 days = 3.0 a week, on an edge: the 2.5–3.0 bin (index 5). P13: 14 a week, last bin.
+    assert len(counts) == 14 and counts[5] == 1 and counts[13] == 1 and sum(counts) == 2
     assert p["incentre_dialysis_frequency"]["bin_edges"][0] == 0 and p["incentre_dialysis_frequency"]["bin_edges"][-1] == 7
     assert p["from_time"] == "2024-04-11T00:00:00" and p["to_time"] == "2024-07-10T23:59:59.999999"
 
@@ -193,7 +194,7 @@ def test_read_through_computes_stores_then_serves_until_expiry(engine):
     assert later.source == "computed" and later.entry.computed_at > first.entry.computed_at
     rows = row(engine, "S1")
     assert len(rows) == 1 and rows[0]["expires_at"] - rows[0]["computed_at"] == timedelta(hours=8)
-    assert rows[0]["calculator_version"] == "pso-dialysis-1" and rows[0]["duration_ms"] is not None
+    assert rows[0]["calculator_version"] == cs.CALCULATOR_VERSIONS["dialysis"] and rows[0]["duration_ms"] is not None
 
 
 def test_read_through_for_an_aot_unit_serves_the_old_value_never_a_cold_read(engine, monkeypatch):

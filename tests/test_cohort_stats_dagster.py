@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from dagster import AssetSelection, Definitions, SkipReason, build_schedule_context, build_sensor_context, instance_for_test, materialize
 
 from assets import cohort_stats as cs
+from orchestration import schema
+from orchestration.clock import london_today
 from schedules.cohort_stats import facility_stats_aot_schedule
 from sensors import cohort_stats as sensors_cs
 from sensors.sync import SyncRun, SyncTick
@@ -65,8 +67,12 @@ def test_materialize_partition_writes_stats_and_readable_metadata(units, resourc
     # dialysis only (aot_kinds default), W1 and W2, TTL 8 h
     assert [(r[0], r[1], r[3]) for r in rows] == [("BIG", "dialysis", timedelta(hours=8))] * 2
     mat = result.asset_materializations_for_node("facility_stats_dialysis")[0]
-    md = mat.metadata["stats"].value
-    assert "| HD In-centre | 4 | 4 | 4 |" in md and "sessions/week" in md
+    table = [r.data for r in mat.metadata["stats"].records]  # MetadataValue.table: one row per window and modality
+    assert {"window": "W1", "from": "2024-04-11", "to": "2024-07-10", "modality": "HD In-centre", "all": 4,
+            "incident": 4, "prevalent": 4} in table
+    assert [r["window"] for r in table if r["modality"] == "Total"] == ["W1", "W2"]
+    frequency = [r.data for r in mat.metadata["stats sessions/week"].records]
+    assert len(frequency) == 28 and frequency[13]["sessions_per_week"] == "6.5–7 and above"
     assert mat.metadata["stored"].value == 2
     counts = result.asset_materializations_for_node("facility_record_counts")[0]
     assert counts.metadata["units above cutoff"].value == 1  # NOFAC is above but has no facility row
@@ -86,6 +92,23 @@ def test_materialize_fails_at_the_end_naming_the_unit(units, resources, instance
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "BIG" in failure.step_failure_data.error.message
+
+
+def test_metadata_tables_for_demographics_and_empty_cohorts(engine):
+    with engine.begin() as conn:
+        conn.execute(schema.facility.insert(), [{"code": "D1"}, {"code": "E1"}])
+        add_patient(conn, "a", "D1", birth="2000-07-05T00:00", gender="2", ethnic="M")
+        add_patient(conn, "b", "D1", birth="1995-01-01T00:00", gender="1", ethnic="A")
+    w1, w2 = cs.stats_windows(london_today(NOW))
+    with engine.connect() as conn:
+        demo = [(w.name.upper(), cs.demographics_stats(conn, "D1", w)) for w in (w1, w2)]
+        empty = [("W1", cs.dialysis_stats(conn, "E1", w1))]
+    rows = [r.data for r in cs.demographics_tables(demo)[""].records]
+    ages = [(r["window"], r["category"], r["patients"]) for r in rows if r["measure"] == "age band"]
+    assert ages == [("W1", "20–29", 2), ("W1", "Unknown", 0), ("W2", "20–29", 2), ("W2", "Unknown", 0)]
+    assert {"window": "W2", "on": "2024-07-10", "measure": "ethnic group", "category": "Black", "patients": 1} in rows
+    tables = cs.dialysis_tables(empty)
+    assert list(tables) == [""] and [r.data["modality"] for r in tables[""].records] == ["(empty cohort)"]
 
 
 def test_expiry_check_fails_when_an_above_cutoff_entry_expired(units, resources, instance, monkeypatch):
@@ -149,6 +172,31 @@ def test_registry_sensor_registers_eligible_units_and_fills_missing(units, resou
     assert [r.partition_key for r in result.run_requests] == ["SMALL"]
 
 
+def test_upgrading_a_calculator_recomputes_precomputed_entries_without_a_manual_step(units, resources, instance, frozen):
+    instance.add_dynamic_partitions("renal_units", ["BIG"])
+    with units.connect() as conn:
+        cs.refresh_units(conn, ["BIG"], "dialysis", NOW - timedelta(minutes=1))
+        # As a deployment of the previous calculator left them: unexpired, computed a minute ago.
+        conn.execute(sa.text("UPDATE facility_stats SET calculator_version = 'pso-dialysis-1'"))
+        conn.commit()
+    with build_sensor_context(instance=instance, resources=resources,
+                              definitions=family_definitions(resources)) as ctx:
+        result = sensors_cs.renal_units_registry(ctx)
+    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [("BIG", "fill:BIG:dialysis:expired:20240710T12")]
+    request = result.run_requests[0]
+    job = family_definitions(resources).resolve_job_def(cs.JOB_NAME)
+    run = job.get_subset(asset_selection=set(request.asset_selection)).execute_in_process(
+        instance=instance, partition_key="BIG", run_config=request.run_config, resources=resources)
+    assert run.success  # not forced, within skip_if_fresher_than, yet both windows recomputed
+    assert run.asset_materializations_for_node("facility_stats_dialysis")[0].metadata["stored"].value == 2
+    with units.connect() as conn:
+        versions = conn.execute(sa.text("SELECT DISTINCT calculator_version FROM facility_stats")).scalars().all()
+    assert versions == [cs.CALCULATOR_VERSIONS["dialysis"]]
+    with build_sensor_context(instance=instance, resources=resources,
+                              definitions=family_definitions(resources)) as ctx:
+        assert isinstance(sensors_cs.renal_units_registry(ctx), SkipReason)
+
+
 def test_sync_complete_refreshes_touched_units(units, resources, instance, frozen):
     run = SyncRun(id=42, source="renal_feed", replica_id=None, started_at=NOW, finished_at=NOW, all_succeeded=True,
                   touched=["SMALL", "BIG", "NOFAC", "bad,code"])
@@ -203,5 +251,5 @@ def test_synthetic_generator_loads_bad_input_that_the_calculators_survive(databa
         by_unit = {d.unit: d for d in done}
         assert by_unit["RXX99"].skipped_reason == "no facility row"
         assert by_unit["RAJ01"].outcomes[0].values["population"] > 0
-        demo = cs.demographics_stats(conn, "RAJ01", cs.window_named(cs.london_today(NOW), "w1"))
+        demo = cs.demographics_stats(conn, "RAJ01", cs.window_named(london_today(NOW), "w1"))
         assert demo["population"] > 0 and set(demo["payload"]["gender"]) == set(cs.GENDERS)

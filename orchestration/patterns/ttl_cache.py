@@ -21,6 +21,12 @@ and gives:
   (keys that rolled off, e.g. old windows); a live key is always overwritten, never deleted first.
 - `expired(conn, keys, now, grace)`: which of the keys an asset check expects fresh are expired or missing.
 
+A cache may name a `version_column` (the version of the code that computed a value). Callers then
+pass the current `version` to `read_through`, `refresh` and `expired`: a value stored under another
+version is never served as fresh nor skipped as recent, and counts as expired whatever its age, so
+changing the version recomputes every value (with `serve_stale`, readers get the old value until
+the refresh replaces it: they still never wait).
+
 `compute(conn)` returns a mapping of value-column → value; a `duration_ms` value column is filled
 in by the cache. The cache stamps `computed_at` (the `now` of the read or refresh: when computation
 started, injectable for tests) and `expires_at = computed_at + ttl`.
@@ -50,9 +56,14 @@ class CacheEntry:
     values: dict[str, Any]
     computed_at: datetime
     expires_at: datetime
+    version: Any = None  # the version column's value, when the cache has one
 
     def is_fresh(self, now: datetime) -> bool:
         return self.expires_at > now
+
+    def is_current(self, now: datetime, version: Any = None) -> bool:
+        """Fresh, and computed by `version` (when one is given)."""
+        return self.is_fresh(now) and (version is None or self.version == version)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class TTLCache:
     value_columns: tuple[str, ...]
     computed_at_column: str = "computed_at"
     expires_at_column: str = "expires_at"
+    version_column: str | None = None  # a value column holding the version that computed the value
     expiry_retention: timedelta = EXPIRY_RETENTION
     clock: Callable[[], datetime] = now_utc
 
@@ -112,7 +124,8 @@ class TTLCache:
         if row is None:
             return None
         return CacheEntry(self._key(key), {c: row[c] for c in self.value_columns},
-                          row[self.computed_at_column], row[self.expires_at_column])
+                          row[self.computed_at_column], row[self.expires_at_column],
+                          row[self.version_column] if self.version_column else None)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -133,12 +146,15 @@ class TTLCache:
         # RETURNING gives a row only when the insert or the guarded update happened.
         return conn.execute(statement.returning(t.c[self.computed_at_column])).first() is not None
 
-    def _compute_and_store(self, conn: sa.Connection, key, compute: Compute, ttl: timedelta, computed_at: datetime):
+    def _compute_and_store(self, conn: sa.Connection, key, compute: Compute, ttl: timedelta, computed_at: datetime,
+                           version: Any = None):
         started = time.perf_counter()
         values = dict(compute(conn))
         duration_ms = int(round((time.perf_counter() - started) * 1000))
         if "duration_ms" in self.value_columns:
             values.setdefault("duration_ms", duration_ms)
+        if self.version_column and version is not None:
+            values.setdefault(self.version_column, version)
         stored = self.store(conn, key, values, computed_at, ttl)
         return values, computed_at, duration_ms, stored
 
@@ -146,37 +162,43 @@ class TTLCache:
         return transaction(conn)
 
     def read_through(self, conn: sa.Connection, key: Mapping[str, Any], compute: Compute, *, ttl: timedelta,
-                     serve_stale: bool = False, now: datetime | None = None) -> CacheRead:
-        """Cached value when fresh (or, with serve_stale, when present); else compute, store, return."""
+                     serve_stale: bool = False, now: datetime | None = None, version: Any = None) -> CacheRead:
+        """Cached value when current (or, with serve_stale, when present); else compute, store, return.
+
+        Current = unexpired and, when `version` is given, computed by that version.
+        """
         now = now or self.clock()
         with self._in_transaction(conn):
             entry = self.lookup(conn, key)
-            if entry is not None and (entry.is_fresh(now) or serve_stale):
-                return CacheRead(entry, "fresh" if entry.is_fresh(now) else "stale")
+            if entry is not None and (entry.is_current(now, version) or serve_stale):
+                return CacheRead(entry, "fresh" if entry.is_current(now, version) else "stale")
             self.lock(conn, key)
             # Read again: a concurrent reader may have stored the value while we waited for the lock
             # (READ COMMITTED: this statement sees what committed before it started).
             entry = self.lookup(conn, key)
-            if entry is not None and entry.is_fresh(now):
+            if entry is not None and entry.is_current(now, version):
                 return CacheRead(entry, "fresh")
-            self._compute_and_store(conn, key, compute, ttl, now)
+            self._compute_and_store(conn, key, compute, ttl, now, version)
             # What is stored now (ours, or a newer value that won the guard) is what everyone reads.
             return CacheRead(self.lookup(conn, key), "computed")
 
     def refresh(self, conn: sa.Connection, key: Mapping[str, Any], compute: Compute, *, ttl: timedelta,
-                skip_if_computed_after: datetime | None = None, now: datetime | None = None) -> RefreshOutcome:
+                skip_if_computed_after: datetime | None = None, now: datetime | None = None,
+                version: Any = None) -> RefreshOutcome:
         """Ahead-of-time write of one key in its own transaction (the caller's, if it has one).
 
         `now` (default: the clock) is the value's computed_at: the instant its computation began.
+        A value computed after `skip_if_computed_after` is kept, unless another version computed it.
         """
         now = now or self.clock()
         with self._in_transaction(conn):
             self.lock(conn, key)
             if skip_if_computed_after is not None:
                 entry = self.lookup(conn, key)
-                if entry is not None and entry.computed_at > skip_if_computed_after:
+                if (entry is not None and entry.computed_at > skip_if_computed_after
+                        and (version is None or entry.version == version)):
                     return RefreshOutcome(self._key(key), "skipped_fresh", 0, entry.values)
-            values, _, duration_ms, stored = self._compute_and_store(conn, key, compute, ttl, now)
+            values, _, duration_ms, stored = self._compute_and_store(conn, key, compute, ttl, now, version)
             return RefreshOutcome(self._key(key), "stored" if stored else "superseded", duration_ms, values)
 
     def delete_expired(self, conn: sa.Connection, now: datetime | None = None) -> int:
@@ -187,8 +209,9 @@ class TTLCache:
         return result.rowcount
 
     def expired(self, conn: sa.Connection, keys: Iterable[Mapping[str, Any]], now: datetime,
-                grace: timedelta = timedelta(0)) -> tuple[list[dict], list[dict]]:
-        """(expired, missing) among `keys`: expired = expires_at before now − grace. One statement."""
+                grace: timedelta = timedelta(0), version: Any = None) -> tuple[list[dict], list[dict]]:
+        """(expired, missing) among `keys`: expired = expires_at before now − grace, or (with `version`)
+        computed by another version. One statement."""
         wanted = [self._key(k) for k in keys]
         if not wanted:
             return [], []
@@ -196,10 +219,13 @@ class TTLCache:
         keys_table = sa.values(*(sa.column(c, t.c[c].type) for c in self.key_columns), name="wanted").data(
             [tuple(k[c] for c in self.key_columns) for k in wanted])
         on = sa.and_(*(t.c[c] == keys_table.c[c] for c in self.key_columns))
+        due = [t.c[self.expires_at_column].is_(None), t.c[self.expires_at_column] < now - grace]
+        if self.version_column and version is not None:
+            due.append(t.c[self.version_column].is_distinct_from(version))
         rows = conn.execute(
             sa.select(*(keys_table.c[c] for c in self.key_columns), t.c[self.expires_at_column].label("expires_at"))
             .select_from(keys_table.outerjoin(t, on))
-            .where(sa.or_(t.c[self.expires_at_column].is_(None), t.c[self.expires_at_column] < now - grace))
+            .where(sa.or_(*due))
         ).mappings().all()
         expired = [{c: r[c] for c in self.key_columns} for r in rows if r["expires_at"] is not None]
         missing = [{c: r[c] for c in self.key_columns} for r in rows if r["expires_at"] is None]
