@@ -1,4 +1,4 @@
-"""Alembic environment: migrates the schema declared in orchestration/schema.py.
+"""Alembic environment: migrates the schema declared in the orchestration/schema package.
 
 The database URL comes from the caller (`sqlalchemy.url`, set by orchestration.migrate) or,
 for the command line, from the PSO_DATABASE_URL environment variable. It is never stored in
