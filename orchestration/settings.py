@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -198,3 +199,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+def frozen_now(env: dict[str, str] | None = None) -> datetime | None:
+    """PSO_NOW, the instant a test or a replayed day freezes "now" at for a whole process tree (ISO-8601
+    with a UTC offset), or None when unset. Read at every call, not cached: tests change it per test."""
+    raw = (os.environ if env is None else env).get("PSO_NOW")
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise SettingsError(f"PSO_NOW must be an ISO-8601 instant, got {raw!r}") from None
+    if value.tzinfo is None:
+        raise SettingsError(f"PSO_NOW must include a UTC offset, got {raw!r}")
+    return value
