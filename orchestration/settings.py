@@ -27,27 +27,26 @@ class SettingsError(ValueError):
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _port(env: dict[str, str], name: str, default: int) -> int:
+def _int(env: dict[str, str], name: str, default: int, what: str) -> int:
+    """`env[name]` as an int, or `default` when unset or empty; `what` names the expected value."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a port number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default, "a port number")
     if not 1 <= value <= 65535:
         raise SettingsError(f"{name} must be between 1 and 65535, got {value}")
     return value
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    value = _int(env, name, default, "a whole number")
     if value < 1:
         raise SettingsError(f"{name} must be at least 1, got {value}")
     return value
