@@ -108,21 +108,20 @@ replica_patient = Table(
     _sync_status_check(),
 )
 
-replica_patient_phone_number = Table(
-    "patient_phone_number", replica_metadata,
-    Column("uuid", UUID(as_uuid=True), primary_key=True),
-    Column("patient_uuid", UUID(as_uuid=True), ForeignKey("patient.uuid", ondelete="CASCADE"), nullable=False,
-           index=True),
-    Column("deleted_at", TIMESTAMPTZ, nullable=True),
-)
 
-replica_business_id = Table(
-    "business_id", replica_metadata,
-    Column("uuid", UUID(as_uuid=True), primary_key=True),
-    Column("patient_uuid", UUID(as_uuid=True), ForeignKey("patient.uuid", ondelete="CASCADE"), nullable=False,
-           index=True),
-    Column("deleted_at", TIMESTAMPTZ, nullable=True),
-)
+def _patient_owned_table(name: str) -> Table:
+    """A replica table of soft-deletable rows that go with their patient (foreign key, cascade)."""
+    return Table(
+        name, replica_metadata,
+        Column("uuid", UUID(as_uuid=True), primary_key=True),
+        Column("patient_uuid", UUID(as_uuid=True), ForeignKey("patient.uuid", ondelete="CASCADE"), nullable=False,
+               index=True),
+        Column("deleted_at", TIMESTAMPTZ, nullable=True),
+    )
+
+
+replica_patient_phone_number = _patient_owned_table("patient_phone_number")
+replica_business_id = _patient_owned_table("business_id")
 
 # Like Simple's Room database, these have no foreign key to patient: rows may arrive before
 # their patient, and orphans are purged explicitly (DONE only).
