@@ -12,8 +12,8 @@ import json
 from datetime import date, datetime, time, timedelta, timezone
 
 from orchestration.clock import LONDON, academic_year
-from orchestration.schema import PROGRAMME_TYPES
 
+PROGRAMME_TYPES = ("flu", "hpv", "menacwy", "td_ipv")
 SECONDARY_PROGRAMMES = ("hpv", "menacwy", "td_ipv")
 GIVEN_NAMES = ("Testy", "Sample", "Demo", "Fixture", "Mocky", "Placeholder", "Dummy", "Example")
 FAMILY_NAMES = ("Fakename", "Synthetica", "Notreal", "Madeup", "Lorem", "Ipsum")
@@ -28,47 +28,23 @@ def _bump_sequence(conn, table: str) -> None:
     conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT coalesce(max(id), 1) FROM {table}))")
 
 
-ELIGIBLE_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
-
-
-def _eligible(year_group: int) -> list[str]:
-    return [t for t, (lo, hi) in ELIGIBLE_YEAR_GROUPS.items() if lo <= year_group <= hi]
-
-
-def _past(ctx, days_back_max: int) -> datetime:
-    return ctx.now - timedelta(days=ctx.rng.uniform(0.1, days_back_max))
-
-
 def generate(ctx) -> None:
-    programme_ids = _programmes(ctx.conn)
-    schools = max(1, ctx.n(10))
-    sessions, dates_by_session = _sessions(ctx, programme_ids, schools)
-    patients = _patients(ctx, schools)
-    parents = _parents(ctx, patients)
-    patient_sessions = _patient_sessions(ctx, patients, sessions)
-    _consents_and_triages(ctx, patients, parents, programme_ids)
-    _vaccinations_and_attendances(ctx, patients, patient_sessions, dates_by_session, programme_ids)
-    for table in ("sessions", "session_dates", "patients", "parents", "patient_sessions"):
-        _bump_sequence(ctx.conn, table)
+    conn, rng, now, today = ctx.conn, ctx.rng, ctx.now, ctx.today
+    year_now = academic_year(today)
 
-
-def _programmes(conn) -> dict[str, int]:
-    """Programme ids by type: reuse rows that exist (the schema has no seed rows for them)."""
+    # Programmes: reuse rows that exist (the schema has no seed rows for them).
     programme_ids = dict(conn.execute("SELECT type, id FROM programmes").fetchall())
     for type_ in PROGRAMME_TYPES:
         if type_ not in programme_ids:
             programme_ids[type_] = conn.execute("INSERT INTO programmes (type) VALUES (%s) RETURNING id",
                                                 (type_,)).fetchone()[0]
-    return programme_ids
 
+    schools = max(1, ctx.n(10))
+    patients_total = schools * PATIENTS_PER_SCHOOL
 
-def _sessions(ctx, programme_ids: dict[str, int], schools: int):
-    """Per school a flu session (every year group) and a secondary session (hpv, menacwy, td_ipv).
-
-    Returns the sessions as (id, programmes, dates, school) and each session's (session_date id, date)s."""
-    conn, rng, today = ctx.conn, ctx.rng, ctx.today
+    # Sessions: per school a flu session (every year group) and a secondary session (hpv, menacwy, td_ipv).
     session_id = _next_id(conn, "sessions")
-    sessions = []
+    sessions = []  # (id, programmes, dates)
     session_date_id = _next_id(conn, "session_dates")
     session_dates = []  # (id, session_id, value)
     for school in range(schools):
@@ -84,36 +60,25 @@ def _sessions(ctx, programme_ids: dict[str, int], schools: int):
             session_id += 1
     ctx.copy("sessions", ["id"], ((s[0],) for s in sessions))
     ctx.copy("session_programmes", ["session_id", "programme_id", "created_at"],
-             ((s[0], programme_ids[p], ctx.now) for s in sessions for p in s[1]))
+             ((s[0], programme_ids[p], now) for s in sessions for p in s[1]))
     ctx.copy("session_dates", ["id", "session_id", "value"], session_dates)
     dates_by_session: dict[int, list[tuple[int, date]]] = {}
     for sd_id, sid, value in session_dates:
         dates_by_session.setdefault(sid, []).append((sd_id, value))
-    return sessions, dates_by_session
 
-
-def _patients(ctx, schools: int) -> list[tuple]:
-    """Patients across year groups 0–13 (12 and 13 are eligible for nothing), as
-    (id, year_group, school, dob, birth academic year)."""
-    rng = ctx.rng
-    year_now = academic_year(ctx.today)
-    patient_id = _next_id(ctx.conn, "patients")
-    patients = []
-    for i in range(schools * PATIENTS_PER_SCHOOL):
+    # Patients across year groups 0–13 (12 and 13 are eligible for nothing).
+    patient_id = _next_id(conn, "patients")
+    patients = []  # (id, year_group, school, dob)
+    for i in range(patients_total):
         year_group = rng.randint(0, 13)
         bay = year_now - 5 - year_group
         dob = date(bay, 9, 1) + timedelta(days=rng.randint(0, 364))
         patients.append((patient_id + i, year_group, i % schools, dob, bay))
     ctx.copy("patients", ["id", "given_name", "family_name", "date_of_birth", "birth_academic_year"],
              ((p[0], rng.choice(GIVEN_NAMES), f"{rng.choice(FAMILY_NAMES)}-{p[0]}", p[3], p[4]) for p in patients))
-    return patients
 
-
-def _parents(ctx, patients: list[tuple]) -> dict[int, list[int]]:
-    """One or two parents per patient; returns patient id → parent ids."""
-    rng = ctx.rng
-    parent_id = _next_id(ctx.conn, "parents")
-    parents = {}
+    parent_id = _next_id(conn, "parents")
+    parents = {}  # patient id → list of parent ids
     parent_rows = []
     for p in patients:
         ids = []
@@ -124,16 +89,12 @@ def _parents(ctx, patients: list[tuple]) -> dict[int, list[int]]:
             parent_id += 1
         parents[p[0]] = ids
     ctx.copy("parents", ["id", "full_name"], parent_rows)
-    return parents
 
-
-def _patient_sessions(ctx, patients: list[tuple], sessions: list[tuple]) -> list[tuple]:
-    """Every patient in their school's flu session; years 7+ also in the secondary one.
-    Returns (id, patient id, session)."""
+    # Patient sessions: every patient in their school's flu session; years 7+ also in the secondary one.
     flu_session = {s[3]: s for s in sessions if s[1] == ("flu",)}
     secondary_session = {s[3]: s for s in sessions if s[1] == SECONDARY_PROGRAMMES}
-    ps_id = _next_id(ctx.conn, "patient_sessions")
-    patient_sessions = []
+    ps_id = _next_id(conn, "patient_sessions")
+    patient_sessions = []  # (id, patient, session)
     for p in patients:
         patient_sessions.append((ps_id, p[0], flu_session[p[2]]))
         ps_id += 1
@@ -142,15 +103,17 @@ def _patient_sessions(ctx, patients: list[tuple], sessions: list[tuple]) -> list
             ps_id += 1
     ctx.copy("patient_sessions", ["id", "patient_id", "session_id"],
              ((ps[0], ps[1], ps[2][0]) for ps in patient_sessions))
-    return patient_sessions
 
+    def eligible(year_group: int) -> list[str]:
+        ranges = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
+        return [t for t, (lo, hi) in ranges.items() if lo <= year_group <= hi]
 
-def _consents_and_triages(ctx, patients: list[tuple], parents: dict[int, list[int]],
-                          programme_ids: dict[str, int]) -> None:
-    rng = ctx.rng
+    def past(days_back_max: int) -> datetime:
+        return now - timedelta(days=rng.uniform(0.1, days_back_max))
+
     consents, triages = [], []
     for p in patients:
-        for programme in _eligible(p[1]):
+        for programme in eligible(p[1]):
             if rng.random() < 0.25:
                 continue  # no response yet
             for _ in range(rng.choice((1, 1, 1, 2, 3))):
@@ -160,7 +123,7 @@ def _consents_and_triages(ctx, patients: list[tuple], parents: dict[int, list[in
                 answers = [{"question": "Does your child have any allergies?", "response": "no"},
                            {"question": "Does your child take any medicines?",
                             "response": rng.choice(("Yes", "yes")) if rng.random() < 0.1 else "no"}]
-                submitted = _past(ctx, 60)
+                submitted = past(60)
                 consents.append((
                     p[0], programme_ids[programme], None if self_consent else rng.choice(parents[p[0]]),
                     response, 4 if self_consent else rng.choice((0, 0, 1, 2, 3)), json.dumps(answers),
@@ -169,27 +132,22 @@ def _consents_and_triages(ctx, patients: list[tuple], parents: dict[int, list[in
                 ))
             if rng.random() < 0.12:
                 for _ in range(rng.choice((1, 1, 2))):
-                    created = _past(ctx, 30)
+                    created = past(30)
                     triages.append((p[0], programme_ids[programme], rng.randint(0, 3),
                                     created + timedelta(hours=2) if rng.random() < 0.1 else None, created))
     ctx.copy("consents", ["patient_id", "programme_id", "parent_id", "response", "route", "health_answers",
                           "invalidated_at", "withdrawn_at", "submitted_at", "created_at"], consents)
     ctx.copy("triages", ["patient_id", "programme_id", "status", "invalidated_at", "created_at"], triages)
 
-
-def _vaccinations_and_attendances(ctx, patients: list[tuple], patient_sessions: list[tuple],
-                                  dates_by_session: dict[int, list[tuple[int, date]]],
-                                  programme_ids: dict[str, int]) -> None:
-    """Vaccination records of every outcome, in sessions already held (never in the future), the
-    attendances of those sessions, and some records from elsewhere (GP, previous school: no session)."""
-    rng, now = ctx.rng, ctx.now
+    # Vaccination records of every outcome, in sessions already held (never in the future).
     records, attendances = [], []
+    now_london_date = today
     for ps in patient_sessions:
         pid, session = ps[1], ps[2]
         patient = patients[pid - patients[0][0]]
-        held = [(sd_id, d) for sd_id, d in dates_by_session[session[0]] if d <= ctx.today]
+        held = [(sd_id, d) for sd_id, d in dates_by_session[session[0]] if d <= now_london_date]
         for programme in session[1]:
-            if programme not in _eligible(patient[1]) or not held or rng.random() < 0.55:
+            if programme not in eligible(patient[1]) or not held or rng.random() < 0.55:
                 continue
             sd_id, day = rng.choice(held)
             performed = datetime.combine(day, time(rng.randint(9, 14), rng.randint(0, 59)), tzinfo=LONDON)
@@ -201,11 +159,15 @@ def _vaccinations_and_attendances(ctx, patients: list[tuple], patient_sessions: 
         for sd_id, day in held:
             if rng.random() < 0.7:
                 attendances.append((ps[0], sd_id, rng.random() < 0.85))
+    # Some records from elsewhere (GP, previous school): no session.
     for p in rng.sample(patients, k=min(len(patients), ctx.n(80))):
-        for programme in _eligible(p[1])[:1]:
+        for programme in eligible(p[1])[:1]:
             performed = now - timedelta(days=rng.randint(200, 1500))
             records.append((p[0], programme_ids[programme], None, rng.choice((0, 4)), performed,
                             5 if programme == "td_ipv" else None, None, performed))
     ctx.copy("vaccination_records", ["patient_id", "programme_id", "session_id", "outcome", "performed_at",
                                      "dose_sequence", "discarded_at", "created_at"], records)
     ctx.copy("session_attendances", ["patient_session_id", "session_date_id", "attending"], attendances)
+
+    for table in ("sessions", "session_dates", "patients", "parents", "patient_sessions"):
+        _bump_sequence(conn, table)
