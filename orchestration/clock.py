@@ -7,9 +7,10 @@ Instants are UTC `datetime`s; "day" means a Europe/London calendar date. Every r
 
 from __future__ import annotations
 
-import os
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
+
+from orchestration.settings import frozen_now
 
 LONDON = ZoneInfo("Europe/London")
 UTC = timezone.utc
@@ -22,13 +23,8 @@ DEFAULT_RETENTION_DAYS = 7
 
 def now_utc() -> datetime:
     """The current instant in UTC, or PSO_NOW when set (for tests and replaying a day)."""
-    frozen = os.environ.get("PSO_NOW")
-    if frozen:
-        value = datetime.fromisoformat(frozen)
-        if value.tzinfo is None:
-            raise ValueError(f"PSO_NOW must include a UTC offset, got {frozen!r}")
-        return value.astimezone(UTC)
-    return datetime.now(UTC)
+    frozen = frozen_now()
+    return frozen.astimezone(UTC) if frozen else datetime.now(UTC)
 
 
 def as_utc(instant: datetime) -> datetime:

@@ -19,12 +19,3 @@ print_days_partitions = DailyPartitionsDefinition(start_date="2024-01-01", timez
 
 # Results backfill: months of the source row's created_at.
 months_partitions = MonthlyPartitionsDefinition(start_date="2020-01-01")
-
-ALL_PARTITIONS = [
-    programmes_partitions,
-    renal_units_partitions,
-    replicas_partitions,
-    london_days_partitions,
-    print_days_partitions,
-    months_partitions,
-]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,27 +27,26 @@ class SettingsError(ValueError):
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _port(env: dict[str, str], name: str, default: int) -> int:
+def _int(env: dict[str, str], name: str, default: int, what: str) -> int:
+    """`env[name]` as an int, or `default` when unset or empty; `what` names the expected value."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a port number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default, "a port number")
     if not 1 <= value <= 65535:
         raise SettingsError(f"{name} must be between 1 and 65535, got {value}")
     return value
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    value = _int(env, name, default, "a whole number")
     if value < 1:
         raise SettingsError(f"{name} must be at least 1, got {value}")
     return value
@@ -198,3 +198,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+def frozen_now(env: dict[str, str] | None = None) -> datetime | None:
+    """PSO_NOW, the instant a test or a replayed day freezes "now" at for a whole process tree (ISO-8601
+    with a UTC offset), or None when unset. Read at every call, not cached: tests change it per test."""
+    raw = (os.environ if env is None else env).get("PSO_NOW")
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise SettingsError(f"PSO_NOW must be an ISO-8601 instant, got {raw!r}") from None
+    if value.tzinfo is None:
+        raise SettingsError(f"PSO_NOW must include a UTC offset, got {raw!r}")
+    return value

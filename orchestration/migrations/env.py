@@ -1,4 +1,4 @@
-"""Alembic environment: migrates the schema declared in orchestration/schema.py.
+"""Alembic environment: migrates the schema declared in the orchestration/schema package.
 
 The database URL comes from the caller (`sqlalchemy.url`, set by orchestration.migrate) or,
 for the command line, from the PSO_DATABASE_URL environment variable. It is never stored in
@@ -7,13 +7,13 @@ alembic.ini. A caller may also pass an open connection as `config.attributes["co
 
 from __future__ import annotations
 
-import os
 from logging.config import fileConfig
 
 import sqlalchemy as sa
 from alembic import context
 
 from orchestration.schema import metadata
+from orchestration.settings import load_settings
 
 config = context.config
 
@@ -30,7 +30,7 @@ MIGRATION_LOCK_KEY = 7_406_311_001
 
 
 def _database_url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("PSO_DATABASE_URL")
+    url = config.get_main_option("sqlalchemy.url") or load_settings().database_url_override
     if not url:
         raise RuntimeError("No database URL: set sqlalchemy.url or the PSO_DATABASE_URL environment variable")
     return url

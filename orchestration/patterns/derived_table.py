@@ -161,22 +161,22 @@ class DerivedTable:
             f"(SELECT count(*) FROM changed) AS changed"
         )
 
+    def _rows_where(self, values: str, where: str) -> sa.TextClause:
+        """The keys (then `values`) of the rows CTE's rows that match `where`, in key order."""
+        keys = self._list("rows", self.key_columns)
+        return sa.text(f"WITH {self.rows_cte} SELECT {keys}{values} FROM rows WHERE {where} ORDER BY {keys}")
+
     @property
     def drift_statement(self) -> sa.TextClause:
-        keys = self._list("rows", self.key_columns)
-        return sa.text(f"WITH {self.rows_cte} SELECT {keys}, cached, computed FROM rows "
-                       f"WHERE row_id IS NOT NULL AND cached IS DISTINCT FROM computed ORDER BY {keys}")
+        return self._rows_where(", cached, computed", "row_id IS NOT NULL AND cached IS DISTINCT FROM computed")
 
     @property
     def coverage_statement(self) -> sa.TextClause:
-        keys = self._list("rows", self.key_columns)
-        return sa.text(f"WITH {self.rows_cte} SELECT {keys} FROM rows WHERE row_id IS NULL ORDER BY {keys}")
+        return self._rows_where("", "row_id IS NULL")
 
     @property
     def explain_statement(self) -> sa.TextClause:
-        keys = self._list("rows", self.key_columns)
-        return sa.text(f"WITH {self.rows_cte} SELECT {keys}, cached, computed FROM rows "
-                       f"WHERE row_id IS NOT NULL ORDER BY {keys}")
+        return self._rows_where(", cached, computed", "row_id IS NOT NULL")
 
 
 @dataclass

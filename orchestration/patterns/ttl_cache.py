@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
@@ -235,12 +236,4 @@ class TTLCache:
 def transaction(conn: sa.Connection):
     """`conn.begin()` when the caller has no transaction open (then it commits here and the
     advisory lock ends with it); otherwise the caller's transaction, which the caller commits."""
-    return conn.begin() if not conn.in_transaction() else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return conn.begin() if not conn.in_transaction() else nullcontext()

@@ -102,13 +102,7 @@ def seed_all(database_url: str, scale: str | float = "demo", seed: int = 2025112
     started = time.perf_counter()
     with psycopg.connect(libpq_url(database_url), prepare_threshold=None) as conn:
         for module_name in families or FAMILY_GENERATORS:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as error:
-                if error.name == module_name:
-                    echo(f"  {module_name.rsplit('.', 1)[-1]:<14} (no generator yet)")
-                    continue
-                raise
+            module = importlib.import_module(module_name)
             family_started = time.perf_counter()
             before = stats.total
             # Each family gets its own RNG stream so adding rows to one leaves the others unchanged.

@@ -51,6 +51,54 @@ def _at(day: date, hour: int = 8, minute: int = 0) -> datetime:
     return datetime.combine(day, datetime.min.time()).replace(hour=hour, minute=minute)
 
 
+def _treatments(rng, today: date, serial: int, pid: str, code: str, unit_codes: list[str],
+                treatments: list[tuple]) -> tuple:
+    """A first modality, sometimes a switch (overlapping by a few days), some closed; appends the rows to
+    `treatments` and returns the current (kind, qbl05, start, from_at, to_at)."""
+    start = today - timedelta(days=rng.randrange(8 * 365))
+    kind = _choice(rng, [("HD", 0.65), ("PD", 0.2), ("KRT", 0.1), ("NON", 0.05)])
+    code_ = {"HD": rng.choice(HD), "PD": rng.choice(PD), "KRT": rng.choice(OTHER_KRT), "NON": "900"}[kind]
+    qbl05 = _choice(rng, [("HOSP", 0.6), ("SATL", 0.25), ("HOME", 0.1), (None, 0.05)]) if kind == "HD" else None
+    closed = rng.random() < 0.3
+    end = start + timedelta(days=rng.randrange(30, 2000)) if closed else None
+    if end is not None and end > today:
+        end = None
+    from_at = _at(start, rng.randrange(7, 18))
+    to_at = _at(end, 17) if end else None
+    bad = rng.random()
+    if bad < 0.002:
+        from_at = None  # no start: skipped by the calculator
+    elif bad < 0.004 and to_at is not None:
+        to_at = from_at - timedelta(days=3)  # ends before it starts
+    if rng.random() < 0.03:  # KRT started elsewhere: a prior treatment at another unit
+        other = rng.choice(unit_codes)
+        treatments.append((f"T{serial}-0", pid, other, _at(start - timedelta(days=400), 9),
+                           _at(start - timedelta(days=2), 17), rng.choice(HD), "HOSP"))
+    treatments.append((f"T{serial}-1", pid, code, from_at, to_at, code_, qbl05))
+    if end is not None and rng.random() < 0.5:  # switched modality; overlaps the first by 0–5 days
+        switch_from = end - timedelta(days=rng.randrange(6))
+        second = rng.choice(PD if kind == "HD" else HD)
+        second_q = ("HOME" if rng.random() < 0.3 else "HOSP") if second in HD else None
+        treatments.append((f"T{serial}-2", pid, code, _at(switch_from, 10), None, second, second_q))
+        kind, qbl05, to_at = ("PD" if second in PD else "HD"), second_q, None
+    return kind, qbl05, start, from_at, to_at
+
+
+def _in_centre_sessions(rng, today: date, serial: int, pid: str, start: date, sessions: list[tuple]) -> None:
+    """2–4 dialysis sessions a week from `start` or 150 days ago, whichever is later, until today."""
+    per_week = rng.choice([2, 3, 3, 3, 4])
+    gap = 7.0 / per_week
+    first = max(start, today - timedelta(days=150))
+    t = 0.0
+    k = 0
+    while first + timedelta(days=t) <= today:
+        day = first + timedelta(days=int(t))
+        ptype = INCENTRE_CODE if rng.random() < 0.95 else "714749008"
+        sessions.append((f"S{serial}-{k}", pid, ptype, _at(day, 7 + (k % 3) * 4)))
+        k += 1
+        t += gap
+
+
 def generate(ctx: SynthContext) -> None:
     rng, today = ctx.rng, ctx.today
     facilities = [(code, f"Renal unit {code}") for code, _ in UNITS if code != MISSING_FACILITY]
@@ -77,48 +125,10 @@ def generate(ctx: SynthContext) -> None:
             death = _at(today - timedelta(days=rng.randrange(700)), rng.randrange(24)) if rng.random() < 0.08 else None
             patients.append((pid, birth, death, _choice(rng, GENDERS), _choice(rng, ETHNIC)))
 
-            # Treatments: a first modality, sometimes a switch (overlapping by a few days), some closed.
-            start = today - timedelta(days=rng.randrange(8 * 365))
-            kind = _choice(rng, [("HD", 0.65), ("PD", 0.2), ("KRT", 0.1), ("NON", 0.05)])
-            code_ = {"HD": rng.choice(HD), "PD": rng.choice(PD), "KRT": rng.choice(OTHER_KRT), "NON": "900"}[kind]
-            qbl05 = _choice(rng, [("HOSP", 0.6), ("SATL", 0.25), ("HOME", 0.1), (None, 0.05)]) if kind == "HD" else None
-            closed = rng.random() < 0.3
-            end = start + timedelta(days=rng.randrange(30, 2000)) if closed else None
-            if end is not None and end > today:
-                end = None
-            from_at = _at(start, rng.randrange(7, 18))
-            to_at = _at(end, 17) if end else None
-            bad = rng.random()
-            if bad < 0.002:
-                from_at = None  # no start: skipped by the calculator
-            elif bad < 0.004 and to_at is not None:
-                to_at = from_at - timedelta(days=3)  # ends before it starts
-            facility_code = code
-            if rng.random() < 0.03:  # KRT started elsewhere: a prior treatment at another unit
-                other = rng.choice(unit_codes)
-                treatments.append((f"T{serial}-0", pid, other, _at(start - timedelta(days=400), 9),
-                                   _at(start - timedelta(days=2), 17), rng.choice(HD), "HOSP"))
-            treatments.append((f"T{serial}-1", pid, facility_code, from_at, to_at, code_, qbl05))
-            if end is not None and rng.random() < 0.5:  # switched modality; overlaps the first by 0–5 days
-                switch_from = end - timedelta(days=rng.randrange(6))
-                second = rng.choice(PD if kind == "HD" else HD)
-                second_q = ("HOME" if rng.random() < 0.3 else "HOSP") if second in HD else None
-                treatments.append((f"T{serial}-2", pid, facility_code, _at(switch_from, 10), None, second, second_q))
-                kind, qbl05, to_at = ("PD" if second in PD else "HD"), second_q, None
-
+            kind, qbl05, start, from_at, to_at = _treatments(rng, today, serial, pid, code, unit_codes, treatments)
             # In-centre sessions (current HD HOSP/SATL, alive): 2–4 a week over the last 150 days.
             if kind == "HD" and qbl05 in ("HOSP", "SATL") and to_at is None and from_at is not None and death is None:
-                per_week = rng.choice([2, 3, 3, 3, 4])
-                gap = 7.0 / per_week
-                first = max(start, today - timedelta(days=150))
-                t = 0.0
-                k = 0
-                while first + timedelta(days=t) <= today:
-                    day = first + timedelta(days=int(t))
-                    ptype = INCENTRE_CODE if rng.random() < 0.95 else "714749008"
-                    sessions.append((f"S{serial}-{k}", pid, ptype, _at(day, 7 + (k % 3) * 4)))
-                    k += 1
-                    t += gap
+                _in_centre_sessions(rng, today, serial, pid, start, sessions)
             # A few patients also have a PatientView record (not counted: extract is not UKRDC).
             if rng.random() < 0.02:
                 records.append((f"PV-{pid}", ukrdcid, code, "PV"))
