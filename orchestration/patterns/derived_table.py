@@ -41,6 +41,12 @@ first takes `pg_advisory_xact_lock(lock_key)`, so batches of two refreshes never
 pool of the status runs, and a parallel refresh holds the lock from start to end). Temp tables
 `ON COMMIT DROP` and transaction-scoped locks keep it safe behind PgBouncer's transaction pooling.
 
+**Priority refreshes** (`priority=True`: a few ids that just changed, e.g. a patient's new consent)
+must not wait for a whole refresh to end. Every batch also holds the *write lock* (`lock_key + 1`)
+shared; a priority refresh takes only the write lock, exclusively. It so waits for the batches in
+flight (whose snapshot may predate the change it refreshes), keeps new batches out until it commits,
+and then writes from a snapshot that has the change: no batch can overwrite its rows with older values.
+
 **Parallel batches** (`workers` > 1): batches are independent (disjoint ids, each its own
 transaction), so several connections can refresh them at once, one per core of the database server.
 The refresh lock is then held by a coordinating transaction for the whole refresh instead of per
@@ -72,8 +78,10 @@ BATCH_TABLE = "batch_ids"
 # tables (a 3,000-row sample gives their join estimates; the default 30,000 reads every row of them).
 BATCH_SETTINGS = ("set_config('max_parallel_workers_per_gather', '0', true), "
                   "set_config('default_statistics_target', '10', true)")
-# Each batch transaction: the refresh lock, and the settings.
-BEGIN_BATCH = sa.text(f"SELECT pg_advisory_xact_lock(:key), {BATCH_SETTINGS}")
+# Each batch transaction: the refresh lock, the write lock (shared), and the settings.
+BEGIN_BATCH = sa.text(f"SELECT pg_advisory_xact_lock(:key), pg_advisory_xact_lock_shared(:key + 1), {BATCH_SETTINGS}")
+# A priority batch: the write lock alone, exclusively (see "Priority refreshes" above).
+BEGIN_PRIORITY_BATCH = sa.text(f"SELECT pg_advisory_xact_lock(:key + 1), {BATCH_SETTINGS}")
 
 
 @dataclass(frozen=True)
@@ -331,6 +339,7 @@ def refresh(
     lock_key: int,
     finalize: Callable[[sa.Connection], None] | None = None,
     workers: int = 1,
+    priority: bool = False,
 ) -> RefreshResult:
     """Refresh `tables` over every batch of ids, one transaction per batch (all tables together).
 
@@ -338,12 +347,12 @@ def refresh(
     the last transaction of the refresh, so work that must only count once the refresh is complete
     (e.g. marking requests processed) commits with it. `workers` > 1 refreshes that many batches at
     once, on connections of their own (see `_refresh_in_parallel`), unless the ids are known to fit
-    one batch.
+    one batch. `priority` takes only the write lock (see "Priority refreshes"), batch after batch.
     """
     if conn.in_transaction():
         conn.commit()  # e.g. autobegun by an earlier read
     one_batch = batches.known_count is not None and batches.known_count <= batches.batch_size
-    if workers > 1 and not one_batch:
+    if workers > 1 and not one_batch and not priority:
         return _refresh_in_parallel(conn, tables, batches, params, lock_key, finalize, workers)
     result = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
     facts = batch_facts_of(tables)
@@ -352,7 +361,7 @@ def refresh(
     done = False
     while not done:
         with conn.begin():
-            conn.execute(BEGIN_BATCH, {"key": lock_key})
+            conn.execute(BEGIN_PRIORITY_BATCH if priority else BEGIN_BATCH, {"key": lock_key})
             batch = batches.fill(conn, after)
             _refresh_one_batch(conn, tables, facts, batch, params, result)
             # The last batch is the first one shorter than the batch size (possibly empty).
@@ -374,6 +383,9 @@ _BEGIN_WORKER_BATCH = sa.text("""
                      AND classid = CAST((CAST(:key AS bigint) >> 32) AS oid)
                      AND objid = CAST((CAST(:key AS bigint) & 4294967295) AS oid) AND objsubid = 1),
            """ + BATCH_SETTINGS)
+# Taken first in a worker's batch transaction, outside the hand-out lock: a worker that waits here
+# for a priority refresh holds up no other worker.
+_WORKER_WRITE_LOCK = sa.text("SELECT pg_advisory_xact_lock_shared(:key + 1)")
 
 
 class RefreshLockLost(RuntimeError):
@@ -406,6 +418,7 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
             with engine.connect() as worker:
                 while True:
                     with worker.begin():
+                        worker.execute(_WORKER_WRITE_LOCK, {"key": lock_key})
                         with handout:
                             if state["done"] or state["error"] is not None:
                                 break
