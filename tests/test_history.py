@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from assets import history
 from orchestration import schema
-from orchestration.clock import london_midnight_utc
+from orchestration.clock import london_day_bounds, london_midnight_utc, retention_cutoff
 from orchestration.patterns.archive import CountMismatch, delete_exported
 
 UTC = timezone.utc
@@ -69,7 +69,7 @@ def archive(engine, today, **kwargs):
     (date(2024, 4, 3), datetime(2024, 3, 27, 0, 0, tzinfo=UTC)),  # cutoff day before the clocks went forward
 ])
 def test_default_retention_cuts_at_london_midnight(services, today, cutoff):
-    assert history.retention_cutoff(7, today) == cutoff == london_midnight_utc(today - timedelta(days=7))
+    assert retention_cutoff(7, today) == cutoff == london_midnight_utc(today - timedelta(days=7))
     rows = insert(services, schema.notifications, [
         notification(cutoff - timedelta(microseconds=1)),  # past retention
         notification(cutoff),  # kept: the last 7 whole days plus today
@@ -148,7 +148,7 @@ def test_partition_window_limits_the_run(services):
     today = date(2024, 7, 10)
     inside = datetime(2024, 6, 1, 12, tzinfo=UTC)
     rows = insert(services, schema.notifications, [notification(inside), notification(inside - timedelta(days=1))])
-    start, end = history.london_day_bounds(date(2024, 6, 1))
+    start, end = london_day_bounds(date(2024, 6, 1))
     archive(services, today, window_start=start, window_end=end)
     assert ids(services, schema.notification_history) == {rows[0]["id"]}
 
