@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from assets import history
 from orchestration import schema
-from orchestration.clock import london_day_bounds, london_midnight_utc, retention_cutoff
+from orchestration.clock import deep_archive_limit, london_day_bounds, london_midnight_utc, retention_cutoff
 from orchestration.patterns.archive import CountMismatch, delete_exported
 
 UTC = timezone.utc
@@ -341,6 +341,45 @@ def test_deep_archive_and_restore_round_trip(services, settings, s3):
         counts = history.notification_counts(conn, None, now)
     assert restored == original
     assert counts == {"live": 0, "history": 8, "deep_archived": 0}  # each row counted once
+
+
+MICROSECOND = timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("now, limit", [
+    (datetime(2026, 7, 10, 10, 11, tzinfo=UTC), datetime(2025, 7, 10, 10, tzinfo=UTC)),
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC), datetime(2025, 7, 10, 10, tzinfo=UTC)),  # exactly on the hour
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC) + MICROSECOND, datetime(2025, 7, 10, 10, tzinfo=UTC)),
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC) - MICROSECOND, datetime(2025, 7, 10, 9, tzinfo=UTC)),
+    (datetime(2024, 3, 1, 0, 30, tzinfo=UTC), datetime(2023, 3, 2, 0, tzinfo=UTC)),  # 365 days across 29 February
+])
+def test_deep_archive_limit_is_365_days_back_truncated_down_to_the_hour(now, limit):
+    assert deep_archive_limit(now) == limit
+
+
+@pytest.mark.parametrize("now", [
+    datetime(2026, 7, 10, 10, 11, tzinfo=UTC),
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC),  # exactly on the hour
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC) + MICROSECOND,
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC) - MICROSECOND,  # the limit is still 09:00
+])
+@pytest.mark.parametrize("window_end", ["none", "past_the_limit"])
+def test_deep_archive_moves_only_whole_hours_before_the_limit(services, settings, s3, now, window_end):
+    ten = datetime(2025, 7, 10, 10, tzinfo=UTC)  # 10:00 of the day 365 days back
+    created = [ten - timedelta(hours=1) - MICROSECOND, ten - MICROSECOND, ten, ten + MICROSECOND,
+               ten + timedelta(minutes=30)]
+    rows = insert(services, schema.notification_history,
+                  [{c: notification(at)[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS} for at in created])
+    limit = deep_archive_limit(now)
+    with services.connect() as conn:
+        result = history.deep_archive_notification_history(
+            conn, s3, settings.buckets.archive, now,
+            window_end=None if window_end == "none" else now + timedelta(days=1))
+    assert result["limit"] == limit
+    assert ids(services, schema.notification_history) == {r["id"] for r in rows if r["created_at"] >= limit}
+    assert result["rows"] == sum(1 for r in rows if r["created_at"] < limit)
+    # At 10:11, 10:00 and 10:00:00.000001 the 09:00 hour moves; a microsecond before 10:00 it is not whole yet.
+    assert result["rows"] == (2 if limit.hour == 10 else 1)
 
 
 def test_deep_archive_never_deletes_when_counts_differ(services):

@@ -184,7 +184,7 @@ def notification_history_deep_archive(context: AssetExecutionContext, config: De
     return MaterializeResult(metadata={"hours": result["hours"], "rows": result["rows"],
                                        "s3_keys": MetadataValue.md("\n".join(f"- `{k}`" for k in result["s3_keys"][:50])
                                                                    or "none"),
-                                       "bucket": bucket})
+                                       "bucket": bucket, "limit": result["limit"].isoformat()})
 
 
 assets = [*source_specs, notification_history, inbound_sms_history, ft_notification_status,
