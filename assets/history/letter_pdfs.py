@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from assets.history.rules import NIGHTLY_LOOKBACK_DAYS
 from orchestration import schema
-from resources.s3 import S3Buckets
+from resources.s3 import S3Buckets, is_missing_object
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _delete_pdf(s3, buckets: S3Buckets, row, logger: logging.Logger) -> str:
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+        if is_missing_object(error):
             logger.warning("letter %s: PDF not found in %s; archiving it anyway", row.id, bucket)
             return "missing"
         logger.error("letter %s: S3 error %s looking for its PDF; continuing", row.id, _error_code(error))
