@@ -8,11 +8,19 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from botocore.exceptions import ClientError
 
 from assets import history
 from orchestration import schema
-from orchestration.clock import deep_archive_limit, london_day_bounds, london_midnight_utc, retention_cutoff
+from orchestration.clock import (
+    deep_archive_limit,
+    london_day_bounds,
+    london_midnight_utc,
+    retention_cutoff,
+)
 from orchestration.patterns.archive import CountMismatch, delete_exported
+from resources.s3 import is_missing_object
+from tests.s3_helpers import stored_keys
 
 UTC = timezone.utc
 SERVICE_A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -153,6 +161,18 @@ def test_partition_window_limits_the_run(services):
     assert ids(services, schema.notification_history) == {rows[0]["id"]}
 
 
+def test_missing_object_is_told_from_other_s3_errors(settings, s3):
+    def error_of(call, **kwargs) -> ClientError:
+        with pytest.raises(ClientError) as raised:
+            call(**kwargs)
+        return raised.value
+
+    bucket = settings.buckets.letters_pdf
+    assert is_missing_object(error_of(s3.head_object, Bucket=bucket, Key="2024-06-04/NOTIFY.NONE.PDF"))  # bare 404
+    assert is_missing_object(error_of(s3.get_object, Bucket=bucket, Key="2024-06-04/NOTIFY.NONE.PDF"))  # NoSuchKey
+    assert not is_missing_object(error_of(s3.get_object, Bucket=f"{bucket}-absent", Key="x"))  # NoSuchBucket
+
+
 def test_letter_pdfs_deleted_from_s3_first(services, settings, s3, caplog):
     today = date(2024, 7, 10)
     old = datetime(2024, 6, 3, 17, 45, tzinfo=UTC)  # 18:45 London: the PDF is in the next day's folder
@@ -178,9 +198,7 @@ def test_letter_pdfs_deleted_from_s3_first(services, settings, s3, caplog):
         result = archive(services, today, s3=s3, buckets=settings.buckets, letter_batch_size=2)
     assert (result.pdfs.deleted, result.pdfs.missing, result.pdfs.errors) == (3, 1, 0)
     assert "PDF not found" in caplog.text
-    remaining = {(b, o["Key"]) for b in settings.buckets.all()
-                 for o in s3.list_objects_v2(Bucket=b).get("Contents", [])}
-    assert remaining == {keys[letters[4]["id"]]}
+    assert stored_keys(s3, *settings.buckets.all()) == {keys[letters[4]["id"]]}
     assert ids(services, schema.notifications) == {letters[4]["id"]}
     # A lifecycle rule catches any PDF left behind; other rules on the bucket are kept.
     s3.put_bucket_lifecycle_configuration(Bucket=settings.buckets.test_letters, LifecycleConfiguration={"Rules": [

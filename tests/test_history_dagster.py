@@ -12,6 +12,7 @@ from assets import history
 from orchestration import schema
 from orchestration.clock import london_midnight_utc
 from schedules import history as history_schedules
+from tests.s3_helpers import stored_keys
 from tests.test_history import SERVICE_A, SERVICE_B, insert, notification
 
 UTC = timezone.utc
@@ -80,8 +81,8 @@ def test_inbound_facts_and_deep_archive_assets(engine, resources, monkeypatch, s
     deep = materialize([*history.assets], partition_key="2025-11-01", resources=resources,
                        selection=["notification_history_deep_archive"])
     assert deep.asset_materializations_for_node("notification_history_deep_archive")[0].metadata["rows"].value == 1
-    objects = s3.list_objects_v2(Bucket=settings.buckets.archive)["Contents"]
-    assert objects[0]["Key"].startswith("notification_history/created_at_date_hour=2025-11-01T10/")
+    [(_, key)] = stored_keys(s3, settings.buckets.archive)
+    assert key.startswith("notification_history/created_at_date_hour=2025-11-01T10/")
 
 
 def test_schedules_request_ranges_at_upstream_times():
@@ -181,8 +182,8 @@ def test_generator_loads_every_kind_of_row(database_url, settings, s3):
     engine.dispose()
     assert len(combos) == 9 and len(statuses) >= 12 and span > timedelta(days=40)
     assert {3, 30} <= retention and old > 0 and inbound > 0 and emails == 0
-    pdfs = sum(len(s3.list_objects_v2(Bucket=b).get("Contents", []))
-               for b in (settings.buckets.letters_pdf, settings.buckets.invalid_pdf, settings.buckets.test_letters))
+    pdfs = len(stored_keys(s3, settings.buckets.letters_pdf, settings.buckets.invalid_pdf,
+                           settings.buckets.test_letters))
     assert 0 < pdfs <= 30
     with sa.create_engine(database_url).connect() as conn:
         result = history.archive_notifications(conn, date(2026, 11, 23), s3=s3, buckets=settings.buckets)
