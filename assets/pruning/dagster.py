@@ -101,51 +101,52 @@ def _result(outcome: PruneOutcome, asset_key: str) -> MaterializeResult:
     return MaterializeResult(metadata=metadata, check_results=[check])
 
 
-@asset(
-    name="replica_sync_group_prune",
-    group_name=GROUP,
-    partitions_def=replicas_partitions,
-    pool="replica_prune",
-    deps=[replica_state_source, sync_runs_source, replica_store_source],
-    retry_policy=PRUNE_RETRY,
-    kinds={"postgres"},
-    check_specs=[AssetCheckSpec(PENDING_CHECK, asset="replica_sync_group_prune",
-                                description="PENDING rows in the replica before the prune = after")],
+def _replica_asset(name: str, check_description: str, description: str):
+    """@asset on the `replicas` partitions, in pool "replica_prune", with the PENDING-rows check."""
+    return asset(
+        name=name,
+        group_name=GROUP,
+        partitions_def=replicas_partitions,
+        pool="replica_prune",
+        deps=[replica_state_source, sync_runs_source, replica_store_source],
+        retry_policy=PRUNE_RETRY,
+        kinds={"postgres"},
+        check_specs=[AssetCheckSpec(PENDING_CHECK, asset=name, description=check_description)],
+        description=description,
+    )
+
+
+def _report(context: AssetExecutionContext, outcome: PruneOutcome, asset_key: str) -> MaterializeResult:
+    context.log.info(f"replica {outcome.replica_id}: " + (f"skipped ({outcome.skipped_reason})" if outcome.skipped
+                                                          else f"{outcome.total_deleted} rows deleted"))
+    return _result(outcome, asset_key)
+
+
+@_replica_asset(
+    "replica_sync_group_prune",
+    check_description="PENDING rows in the replica before the prune = after",
     description="Deletes the replica's patients outside its current sync group (PENDING kept), orphan "
                 "addresses and DONE orphans, after each fully successful sync and past the grace period.",
 )
 def replica_sync_group_prune(context: AssetExecutionContext, config: SyncGroupPruneConfig,
                              postgres: PostgresResource) -> MaterializeResult:
-    replica_id = context.partition_key
     with postgres.connect() as conn, _bad_input_is_final():
-        outcome = sync_group_prune(conn, replica_id, now_utc(), timedelta(hours=config.grace_hours),
+        outcome = sync_group_prune(conn, context.partition_key, now_utc(), timedelta(hours=config.grace_hours),
                                    config.sync_run_id)
-    context.log.info(f"replica {replica_id}: " + (f"skipped ({outcome.skipped_reason})" if outcome.skipped
-                                                  else f"{outcome.total_deleted} rows deleted"))
-    return _result(outcome, "replica_sync_group_prune")
+    return _report(context, outcome, "replica_sync_group_prune")
 
 
-@asset(
-    name="replica_maintenance",
-    group_name=GROUP,
-    partitions_def=replicas_partitions,
-    pool="replica_prune",
-    deps=[replica_state_source, sync_runs_source, replica_store_source],
-    retry_policy=PRUNE_RETRY,
-    kinds={"postgres"},
-    check_specs=[AssetCheckSpec(PENDING_CHECK, asset="replica_maintenance",
-                                description="PENDING rows in the replica before the purge = after")],
+@_replica_asset(
+    "replica_maintenance",
+    check_description="PENDING rows in the replica before the purge = after",
     description="Weekly purge of soft-deleted, expired, superseded and orphaned DONE rows of a replica; "
                 "each daily run decides whether it is due (last maintenance NULL or > 7 days ago).",
 )
 def replica_maintenance_asset(context: AssetExecutionContext, config: MaintenanceConfig,
                               postgres: PostgresResource) -> MaterializeResult:
-    replica_id = context.partition_key
     with postgres.connect() as conn, _bad_input_is_final():
-        outcome = replica_maintenance(conn, replica_id, now_utc(), force=config.force)
-    context.log.info(f"replica {replica_id}: " + (f"skipped ({outcome.skipped_reason})" if outcome.skipped
-                                                  else f"{outcome.total_deleted} rows deleted"))
-    return _result(outcome, "replica_maintenance")
+        outcome = replica_maintenance(conn, context.partition_key, now_utc(), force=config.force)
+    return _report(context, outcome, "replica_maintenance")
 
 
 @asset_check(asset=replica_maintenance_asset, name="maintenance_not_overdue",
