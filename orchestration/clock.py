@@ -19,6 +19,7 @@ LETTER_CUTOFF = time(17, 30)  # letters created before 17:30 London go in that d
 STATUS_REFRESH_DEADLINE = time(6, 0)  # the 03:00 London full status refresh must be done by 06:00 London
 ACADEMIC_YEAR_START_MONTH = 9  # the academic year starts on 1 September
 DEFAULT_RETENTION_DAYS = 7
+DEEP_ARCHIVE_AGE = timedelta(days=365)  # notification_history older than this goes to S3
 
 
 def now_utc() -> datetime:
@@ -68,6 +69,17 @@ def year_group(birth_academic_year: int, today: date) -> int:
 def retention_cutoff(days_of_retention: int, today: date) -> datetime:
     """Rows created before this instant are past retention: the last `days` whole days plus today stay."""
     return london_midnight_utc(today - timedelta(days=days_of_retention))
+
+
+def utc_hour_start(instant: datetime) -> datetime:
+    """The start of the UTC hour holding `instant` (10:59:59.999999 → 10:00)."""
+    return as_utc(instant).replace(minute=0, second=0, microsecond=0)
+
+
+def deep_archive_limit(now: datetime) -> datetime:
+    """now − 365 days, truncated down to the hour: only whole hours wholly before it are deep-archived
+    (at 10:11 a row created at exactly 10:00 of the day 365 days back stays)."""
+    return utc_hour_start(as_utc(now) - DEEP_ARCHIVE_AGE)
 
 
 def letter_deadline(now: datetime) -> datetime:

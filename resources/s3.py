@@ -51,3 +51,11 @@ def ensure_buckets(client, buckets: Iterable[str]) -> list[str]:
             client.create_bucket(Bucket=bucket)
             created.append(bucket)
     return created
+
+
+MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def is_missing_object(error: ClientError) -> bool:
+    """True when an S3 call failed because the object is not there (GET says NoSuchKey, HEAD a bare 404)."""
+    return error.response.get("Error", {}).get("Code") in MISSING_OBJECT_CODES

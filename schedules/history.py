@@ -3,7 +3,8 @@
 Each tick requests ONE run over a range of London-day partitions (tags
 dagster/asset_partition_range_start/_end), covering the days that can hold due rows:
 - 00:30 ft_notification_status: yesterday and 3 days before for email/SMS; 9 days before for letters;
-- 01:35 deep archive: the 10 days just past 365 days old (≤ 240 hours, as upstream's limit per run);
+- 01:35 deep archive: the 10 days up to the one holding the limit (now − 365 d, down to the hour), so the
+  hours already past the limit move that night; the run moves ≤ 240 hours (upstream's limit per run);
 - 01:40 inbound SMS and 03:00 notification archive: the last 100 days (upstream's longest retention is 90).
 Rows older than these windows are reached by a backfill from the UI.
 """
@@ -22,7 +23,7 @@ from assets.history import (
     inbound_sms_archive_job,
     notification_archive_job,
 )
-from orchestration.clock import london_date
+from orchestration.clock import deep_archive_limit, london_date
 from orchestration.partitions import london_days_partitions
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -59,9 +60,9 @@ def ft_notification_status_nightly(context: ScheduleEvaluationContext):
 @schedule(name="notification_history_deep_archive_nightly", job=deep_archive_job, cron_schedule="35 1 * * *",
           execution_timezone="UTC")
 def notification_history_deep_archive_nightly(context: ScheduleEvaluationContext):
-    today = _today(context)
-    last = today - timedelta(days=366)
-    return _range_request("deep_archive", last - timedelta(days=9), last, today)
+    # The window reaches the limit itself (§3.2a step 1): its last day is the London day holding the limit.
+    last = london_date(deep_archive_limit(context.scheduled_execution_time))
+    return _range_request("deep_archive", last - timedelta(days=9), last, _today(context))
 
 
 @schedule(name="inbound_sms_archive_nightly", job=inbound_sms_archive_job, cron_schedule="40 1 * * *",

@@ -8,11 +8,19 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from botocore.exceptions import ClientError
 
 from assets import history
 from orchestration import schema
-from orchestration.clock import london_midnight_utc
+from orchestration.clock import (
+    deep_archive_limit,
+    london_day_bounds,
+    london_midnight_utc,
+    retention_cutoff,
+)
 from orchestration.patterns.archive import CountMismatch, delete_exported
+from resources.s3 import is_missing_object
+from tests.s3_helpers import stored_keys
 
 UTC = timezone.utc
 SERVICE_A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -69,7 +77,7 @@ def archive(engine, today, **kwargs):
     (date(2024, 4, 3), datetime(2024, 3, 27, 0, 0, tzinfo=UTC)),  # cutoff day before the clocks went forward
 ])
 def test_default_retention_cuts_at_london_midnight(services, today, cutoff):
-    assert history.retention_cutoff(7, today) == cutoff == london_midnight_utc(today - timedelta(days=7))
+    assert retention_cutoff(7, today) == cutoff == london_midnight_utc(today - timedelta(days=7))
     rows = insert(services, schema.notifications, [
         notification(cutoff - timedelta(microseconds=1)),  # past retention
         notification(cutoff),  # kept: the last 7 whole days plus today
@@ -148,9 +156,21 @@ def test_partition_window_limits_the_run(services):
     today = date(2024, 7, 10)
     inside = datetime(2024, 6, 1, 12, tzinfo=UTC)
     rows = insert(services, schema.notifications, [notification(inside), notification(inside - timedelta(days=1))])
-    start, end = history.london_day_bounds(date(2024, 6, 1))
+    start, end = london_day_bounds(date(2024, 6, 1))
     archive(services, today, window_start=start, window_end=end)
     assert ids(services, schema.notification_history) == {rows[0]["id"]}
+
+
+def test_missing_object_is_told_from_other_s3_errors(settings, s3):
+    def error_of(call, **kwargs) -> ClientError:
+        with pytest.raises(ClientError) as raised:
+            call(**kwargs)
+        return raised.value
+
+    bucket = settings.buckets.letters_pdf
+    assert is_missing_object(error_of(s3.head_object, Bucket=bucket, Key="2024-06-04/NOTIFY.NONE.PDF"))  # bare 404
+    assert is_missing_object(error_of(s3.get_object, Bucket=bucket, Key="2024-06-04/NOTIFY.NONE.PDF"))  # NoSuchKey
+    assert not is_missing_object(error_of(s3.get_object, Bucket=f"{bucket}-absent", Key="x"))  # NoSuchBucket
 
 
 def test_letter_pdfs_deleted_from_s3_first(services, settings, s3, caplog):
@@ -178,9 +198,7 @@ def test_letter_pdfs_deleted_from_s3_first(services, settings, s3, caplog):
         result = archive(services, today, s3=s3, buckets=settings.buckets, letter_batch_size=2)
     assert (result.pdfs.deleted, result.pdfs.missing, result.pdfs.errors) == (3, 1, 0)
     assert "PDF not found" in caplog.text
-    remaining = {(b, o["Key"]) for b in settings.buckets.all()
-                 for o in s3.list_objects_v2(Bucket=b).get("Contents", [])}
-    assert remaining == {keys[letters[4]["id"]]}
+    assert stored_keys(s3, *settings.buckets.all()) == {keys[letters[4]["id"]]}
     assert ids(services, schema.notifications) == {letters[4]["id"]}
     # A lifecycle rule catches any PDF left behind; other rules on the bucket are kept.
     s3.put_bucket_lifecycle_configuration(Bucket=settings.buckets.test_letters, LifecycleConfiguration={"Rules": [
@@ -341,6 +359,45 @@ def test_deep_archive_and_restore_round_trip(services, settings, s3):
         counts = history.notification_counts(conn, None, now)
     assert restored == original
     assert counts == {"live": 0, "history": 8, "deep_archived": 0}  # each row counted once
+
+
+MICROSECOND = timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("now, limit", [
+    (datetime(2026, 7, 10, 10, 11, tzinfo=UTC), datetime(2025, 7, 10, 10, tzinfo=UTC)),
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC), datetime(2025, 7, 10, 10, tzinfo=UTC)),  # exactly on the hour
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC) + MICROSECOND, datetime(2025, 7, 10, 10, tzinfo=UTC)),
+    (datetime(2026, 7, 10, 10, 0, tzinfo=UTC) - MICROSECOND, datetime(2025, 7, 10, 9, tzinfo=UTC)),
+    (datetime(2024, 3, 1, 0, 30, tzinfo=UTC), datetime(2023, 3, 2, 0, tzinfo=UTC)),  # 365 days across 29 February
+])
+def test_deep_archive_limit_is_365_days_back_truncated_down_to_the_hour(now, limit):
+    assert deep_archive_limit(now) == limit
+
+
+@pytest.mark.parametrize("now", [
+    datetime(2026, 7, 10, 10, 11, tzinfo=UTC),
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC),  # exactly on the hour
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC) + MICROSECOND,
+    datetime(2026, 7, 10, 10, 0, tzinfo=UTC) - MICROSECOND,  # the limit is still 09:00
+])
+@pytest.mark.parametrize("window_end", ["none", "past_the_limit"])
+def test_deep_archive_moves_only_whole_hours_before_the_limit(services, settings, s3, now, window_end):
+    ten = datetime(2025, 7, 10, 10, tzinfo=UTC)  # 10:00 of the day 365 days back
+    created = [ten - timedelta(hours=1) - MICROSECOND, ten - MICROSECOND, ten, ten + MICROSECOND,
+               ten + timedelta(minutes=30)]
+    rows = insert(services, schema.notification_history,
+                  [{c: notification(at)[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS} for at in created])
+    limit = deep_archive_limit(now)
+    with services.connect() as conn:
+        result = history.deep_archive_notification_history(
+            conn, s3, settings.buckets.archive, now,
+            window_end=None if window_end == "none" else now + timedelta(days=1))
+    assert result["limit"] == limit
+    assert ids(services, schema.notification_history) == {r["id"] for r in rows if r["created_at"] >= limit}
+    assert result["rows"] == sum(1 for r in rows if r["created_at"] < limit)
+    # At 10:11, 10:00 and 10:00:00.000001 the 09:00 hour moves; a microsecond before 10:00 it is not whole yet.
+    assert result["rows"] == (2 if limit.hour == 10 else 1)
 
 
 def test_deep_archive_never_deletes_when_counts_differ(services):

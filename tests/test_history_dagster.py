@@ -10,10 +10,13 @@ from dagster import DagsterInstance, build_schedule_context, materialize
 
 from assets import history
 from orchestration import schema
+from orchestration.clock import london_midnight_utc
 from schedules import history as history_schedules
+from tests.s3_helpers import stored_keys
 from tests.test_history import SERVICE_A, SERVICE_B, insert, notification
 
 UTC = timezone.utc
+MICROSECOND = timedelta(microseconds=1)
 
 
 def _seed(engine):
@@ -78,8 +81,8 @@ def test_inbound_facts_and_deep_archive_assets(engine, resources, monkeypatch, s
     deep = materialize([*history.assets], partition_key="2025-11-01", resources=resources,
                        selection=["notification_history_deep_archive"])
     assert deep.asset_materializations_for_node("notification_history_deep_archive")[0].metadata["rows"].value == 1
-    objects = s3.list_objects_v2(Bucket=settings.buckets.archive)["Contents"]
-    assert objects[0]["Key"].startswith("notification_history/created_at_date_hour=2025-11-01T10/")
+    [(_, key)] = stored_keys(s3, settings.buckets.archive)
+    assert key.startswith("notification_history/created_at_date_hour=2025-11-01T10/")
 
 
 def test_schedules_request_ranges_at_upstream_times():
@@ -104,8 +107,59 @@ def test_schedules_request_ranges_at_upstream_times():
     deep = by_name["notification_history_deep_archive_nightly"].evaluate_tick(
         build_schedule_context(instance=instance, scheduled_execution_time=when.replace(hour=1, minute=35))
     ).run_requests[0]
+    # The limit is 2025-07-10T01:00Z (02:00 London): the window's last day is the one holding it.
     assert (deep.tags[history_schedules.RANGE_START], deep.tags[history_schedules.RANGE_END]) == \
-        ("2025-06-30", "2025-07-09")
+        ("2025-07-01", "2025-07-10")
+
+
+def test_the_0135_run_archives_every_hour_up_to_the_limit(engine, resources, monkeypatch):
+    tick = datetime(2026, 7, 10, 1, 35, tzinfo=UTC)
+    limit = datetime(2025, 7, 10, 1, tzinfo=UTC)  # now − 365 d down to the hour: 02:00 London on 10 July 2025
+    monkeypatch.setenv("PSO_NOW", tick.isoformat())
+    instance = DagsterInstance.ephemeral()
+    schedule = next(s for s in history_schedules.schedules if s.name == "notification_history_deep_archive_nightly")
+    request = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=tick)
+                                     ).run_requests[0]
+    assert not request.run_config  # the run keeps the default cap of 240 hours
+    assert history.DeepArchiveConfig().max_hours == 240
+    window_start = london_midnight_utc(date.fromisoformat(request.tags[history_schedules.RANGE_START]))
+    created = {
+        "before_the_window": window_start - MICROSECOND,  # older: a backfill from the UI reaches it
+        "first_hour": window_start,
+        "last_whole_day": limit - timedelta(hours=2, minutes=1),  # 22:59Z on 9 July: 23:59 London
+        "limit_day_first_hour": limit - timedelta(hours=2),  # 23:00Z: 00:00 London on 10 July
+        "just_before_the_limit": limit - MICROSECOND,
+        "on_the_limit": limit,
+        "hour_not_whole": limit + timedelta(minutes=30),  # older than 365 days, but its hour is not whole
+    }
+    rows = {name: {c: notification(at)[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS}
+            for name, at in created.items()}
+    insert(engine, schema.notification_history, list(rows.values()))
+    result = materialize(history.assets, resources=resources, instance=instance, tags=request.tags,
+                         selection=["notification_history_deep_archive"])
+    assert result.success
+    with engine.connect() as conn:
+        left = set(conn.execute(sa.select(schema.notification_history.c.id)).scalars())
+    assert left == {rows[n]["id"] for n in ("before_the_window", "on_the_limit", "hour_not_whole")}
+    meta = result.asset_materializations_for_node("notification_history_deep_archive")[0].metadata
+    assert (meta["rows"].value, meta["hours"].value) == (4, 4)
+    assert meta["limit"].value == limit.isoformat()
+
+
+def test_a_run_moves_at_most_240_hours(engine, resources, monkeypatch):
+    monkeypatch.setenv("PSO_NOW", "2026-07-10T01:35:00+00:00")
+    start = datetime(2025, 6, 1, 0, 30, tzinfo=UTC)
+    rows = [{c: notification(start + timedelta(hours=i))[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS}
+            for i in range(241)]
+    insert(engine, schema.notification_history, rows)
+    result = materialize(history.assets, resources=resources, instance=DagsterInstance.ephemeral(),
+                         tags={history_schedules.RANGE_START: "2025-06-01", history_schedules.RANGE_END: "2025-06-11"},
+                         selection=["notification_history_deep_archive"])
+    meta = result.asset_materializations_for_node("notification_history_deep_archive")[0].metadata
+    assert (meta["hours"].value, meta["rows"].value) == (240, 240)
+    with engine.connect() as conn:
+        left = set(conn.execute(sa.select(schema.notification_history.c.id)).scalars())
+    assert left == {rows[-1]["id"]}  # the newest hour waits for the next night
 
 
 def test_generator_loads_every_kind_of_row(database_url, settings, s3):
@@ -128,8 +182,8 @@ def test_generator_loads_every_kind_of_row(database_url, settings, s3):
     engine.dispose()
     assert len(combos) == 9 and len(statuses) >= 12 and span > timedelta(days=40)
     assert {3, 30} <= retention and old > 0 and inbound > 0 and emails == 0
-    pdfs = sum(len(s3.list_objects_v2(Bucket=b).get("Contents", []))
-               for b in (settings.buckets.letters_pdf, settings.buckets.invalid_pdf, settings.buckets.test_letters))
+    pdfs = len(stored_keys(s3, settings.buckets.letters_pdf, settings.buckets.invalid_pdf,
+                           settings.buckets.test_letters))
     assert 0 < pdfs <= 30
     with sa.create_engine(database_url).connect() as conn:
         result = history.archive_notifications(conn, date(2026, 11, 23), s3=s3, buckets=settings.buckets)

@@ -1,4 +1,4 @@
-"""Multiplex results backfill (domain.md §5): the `result` table filled from legacy test orders and events.
+"""Multiplex results backfill rules (domain.md §5): the `result` table filled from legacy test orders and events.
 
 Two passes, in this order, over the months of the source row's `created_at`:
 
@@ -21,31 +21,13 @@ both insert a pending order's row (NULL `test_event_id`, which the unique key ca
 
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetExecutionContext,
-    AssetSpec,
-    BackfillPolicy,
-    BetaWarning,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-    asset_check,
-    define_asset_job,
-)
 
-from orchestration.partitions import months_partitions
 from orchestration.schema import COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT
-from resources.postgres import PostgresResource
 
-GROUP = "results"
 BATCH_SIZE = 10_000
 # pg_advisory_xact_lock key of the backfill ("multiplex" in ASCII, as a bigint): one writer at a time.
 BACKFILL_LOCK_KEY = 0x6D756C7469706C78
@@ -53,18 +35,6 @@ BACKFILL_LOCK_KEY = 0x6D756C7469706C78
 # of the window is after it whatever its id.
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _NIL_UUID = uuid.UUID(int=0)
-
-# --------------------------------------------------------------------------- source tables (lineage)
-
-test_order_spec = AssetSpec("test_order", group_name=GROUP, kinds={"postgres"},
-                            description="SimpleReport test orders (operational; written by the app). "
-                                        "Legacy outcome in `result`; `test_event_id` is the current event.")
-test_event_spec = AssetSpec("test_event", group_name=GROUP, kinds={"postgres"},
-                            description="SimpleReport test events (operational, immutable): ORIGINAL, "
-                                        "CORRECTED and REMOVED events chained by prior_corrected_test_event_id.")
-supported_disease_spec = AssetSpec("supported_disease", group_name=GROUP, kinds={"postgres"},
-                                   description="Diseases a result can be for (COVID-19, Flu A, Flu B).")
-
 
 # --------------------------------------------------------------------------- SQL
 
@@ -337,84 +307,3 @@ def find_missing_results(conn: sa.Connection, sample: int = 5) -> MissingResults
         sample_order_ids=[i for r in orders for i in r.sample_ids][:sample],
         sample_event_ids=[i for r in events for i in r.sample_ids][:sample],
     )
-
-
-def _counts_table(counts: BackfillCounts) -> str:
-    lines = ["| month | order pass | event pass |", "|---|---:|---:|"]
-    for month in sorted(set(counts.order_pass) | set(counts.event_pass)):
-        lines.append(f"| {month} | {counts.order_pass.get(month, 0):,} | {counts.event_pass.get(month, 0):,} |")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- Dagster
-
-def _result(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
-    window = context.partition_time_window
-    context.log.info(f"results backfill over [{window.start.isoformat()}, {window.end.isoformat()})")
-    with postgres.connect() as conn:
-        counts = backfill_results(conn, window.start, window.end, log=context.log)
-    return MaterializeResult(metadata={
-        "rows_inserted": counts.inserted,
-        "rows_inserted_order_pass": counts.order_rows,
-        "rows_inserted_event_pass": counts.event_rows,
-        "order_rows_inserted_by_event_pass": MetadataValue.int(counts.order_rows_from_event_pass),
-        "source_rows_scanned": counts.scanned,
-        "batches": counts.batches,
-        "months": len(counts.order_pass),
-        "duration_seconds": MetadataValue.float(round(counts.seconds, 3)),
-        "order_pass_seconds": MetadataValue.float(round(counts.order_pass_seconds, 3)),
-        "event_pass_seconds": MetadataValue.float(round(counts.event_pass_seconds, 3)),
-        "rows_inserted_per_month": MetadataValue.md(_counts_table(counts)),
-    })
-
-
-# BackfillPolicy is marked beta but is the documented way to run a range as one run.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", BetaWarning)
-    result = asset(
-        name="result",
-        group_name=GROUP,
-        kinds={"postgres"},
-        deps=[test_order_spec, test_event_spec, supported_disease_spec],
-        partitions_def=months_partitions,
-        # A backfill over any range of months is one run: order pass over the range, then event pass.
-        backfill_policy=BackfillPolicy.single_run(),
-        pool="multiplex_backfill",
-        description="One row per disease per test (§5). Backfilled from legacy orders and events: COVID-19 only, "
-                    "SNOMED codes, audit columns copied. Partitions are months of the source row's created_at; "
-                    "manual only (launch a backfill from the UI). Inserts only; a rerun is a no-op.",
-    )(_result)
-
-
-@asset_check(asset=result, name="every_result_backfilled",
-             description="Orders and events with a result but no `result` row carrying their id: must be 0.")
-def every_result_backfilled(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
-    with postgres.connect() as conn:
-        missing = find_missing_results(conn)
-    table = ["| source | month | missing |", "|---|---|---:|"] + [
-        f"| {source} | {month} | {count:,} |" for source, month, count in missing.by_month]
-    return AssetCheckResult(
-        passed=missing.total == 0,
-        severity=AssetCheckSeverity.ERROR,
-        description=None if missing.total == 0 else (
-            f"{missing.total} orders/events have a result but no result row "
-            f"(orders {missing.orders}, events {missing.events})"),
-        metadata={
-            "missing": missing.total,
-            "orders_missing": missing.orders,
-            "events_missing": missing.events,
-            "sample_order_ids": MetadataValue.json(missing.sample_order_ids),
-            "sample_event_ids": MetadataValue.json(missing.sample_event_ids),
-            "missing_per_month": MetadataValue.md("\n".join(table) if missing.by_month else "none"),
-        },
-    )
-
-
-multiplex_backfill_job = define_asset_job(
-    "multiplex_backfill", selection=[result.key],
-    description="Manual: backfill `result` for a month (or a range: one run, order pass then event pass).",
-)
-
-assets: list = [test_order_spec, test_event_spec, supported_disease_spec, result]
-asset_checks: list = [every_result_backfilled]
-jobs: list = [multiplex_backfill_job]

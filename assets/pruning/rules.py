@@ -1,60 +1,25 @@
-"""Simple-style replica pruning (domain.md §3.5): sync-group prune and weekly maintenance.
+"""Simple-style replica pruning rules (domain.md §3.5): the sync-group prune and the weekly maintenance
+of one replica, as plain functions on a SQLAlchemy Connection.
 
-Each replica is a Postgres schema ("replica_<id>") holding one sync group's working set, and a
-partition of the dynamic `replicas` partitions. Two assets act on it, both in pool "replica_prune":
-
-- `replica_sync_group_prune`: requested by the sync-complete sensor after every fully successful
-  replica sync. Deletes patients outside the current facility's sync group (PENDING is always kept),
-  then orphan addresses and DONE orphans. Honours the grace period after a sync-group switch,
-  evaluated here at run time (a skipped prune is recorded too).
-- `replica_maintenance`: the daily 04:00 London check; purges when the last maintenance is NULL or
-  more than 7 days old, and no sync of the replica is still running. Upstream's two bugs are fixed:
-  `last_maintenance_at` is set only by a completed purge, and step 7 deletes DONE orphans only.
-
-Every run writes one `prune_runs` row (per-table deleted counts, or the reason it skipped); the
-asset metadata shows the same counts. The prune runs in one REPEATABLE READ transaction, so the
-PENDING counts taken before and after in that snapshot prove no PENDING row was deleted.
-
-The plain functions take a SQLAlchemy Connection with no transaction in progress: they own their
-transaction (the prune and its `prune_runs` row commit together) and run VACUUM after it.
+The functions take a Connection with no transaction in progress: they own their transaction (the
+prune and its `prune_runs` row commit together, in one REPEATABLE READ snapshot, so the PENDING
+counts taken before and after prove no PENDING row was deleted) and run VACUUM after it.
 """
 
-
+import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    AssetSpec,
-    Backoff,
-    Config,
-    Failure,
-    Jitter,
-    MaterializeResult,
-    MetadataValue,
-    RetryPolicy,
-    asset,
-    asset_check,
-    define_asset_job,
-)
-from pydantic import Field
 
 from orchestration.clock import as_utc, now_utc
-from orchestration.partitions import replicas_partitions
 from orchestration.schema import replica_schema_name
-from resources.postgres import PostgresResource
 
 log = logging.getLogger(__name__)
 
-GROUP = "pruning"
 DEFAULT_GRACE = timedelta(hours=24)
 MAINTENANCE_INTERVAL = timedelta(days=7)
 # One daily check may be missed (e.g. a sync was running) before maintenance counts as overdue.
@@ -105,11 +70,6 @@ class PruneOutcome:
         lost = {t: self.pending_before.get(t, 0) - self.pending_after.get(t, 0) for t in self.pending_before}
         lost.update({t: n for t, n in self.pending_deleted.items() if n})
         return {t: n for t, n in lost.items() if n}
-
-
-# ---------------------------------------------------------------------------------------------
-# Plain functions (no Dagster)
-# ---------------------------------------------------------------------------------------------
 
 
 def _table(schema: str, table: str) -> str:
@@ -224,8 +184,6 @@ def _insert_prune_run(conn: sa.Connection, outcome: PruneOutcome, sync_run_id: i
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 
@@ -391,143 +349,3 @@ def overdue_replicas(conn: sa.Connection, now: datetime | None = None) -> list[s
                 "WHERE last_maintenance_at IS NULL OR last_maintenance_at < :cutoff ORDER BY replica_id"),
         {"cutoff": now - MAINTENANCE_OVERDUE_AFTER},
     ).mappings().all()
-
-
-# ---------------------------------------------------------------------------------------------
-# Dagster assets
-# ---------------------------------------------------------------------------------------------
-
-replica_state_source = AssetSpec(
-    "replica_state", group_name=GROUP, kinds={"postgres"},
-    description="Operational: one row per replica (current facility, sync-group switch time, last maintenance).",
-)
-sync_runs_source = AssetSpec(
-    "sync_runs", group_name=GROUP, kinds={"postgres"},
-    description="Operational: syncs and imports finished by the operational side (shared by every family).",
-)
-replica_store_source = AssetSpec(
-    "replica_store", group_name=GROUP, kinds={"postgres"},
-    description="Operational: a replica's Simple tables (schema replica_<id>), written by its sync.",
-)
-
-PRUNE_RETRY = RetryPolicy(max_retries=3, delay=15, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
-PENDING_CHECK = "no_pending_rows_deleted"
-
-
-class SyncGroupPruneConfig(Config):
-    sync_run_id: int | None = Field(default=None, description="The sync run that triggered this prune (sensor runs)")
-    grace_hours: float = Field(default=24.0, gt=0, description="No prune until this long after a sync-group switch")
-
-
-class MaintenanceConfig(Config):
-    force: bool = Field(default=False, description="Purge even if the last maintenance is under 7 days old")
-
-
-@contextmanager
-def _bad_input_is_final():
-    """Bad input fails the run at once: retrying (RetryPolicy is for dropped connections) cannot fix it."""
-    try:
-        yield
-    except ReplicaInputError as error:
-        raise Failure(description=str(error), allow_retries=False) from error
-
-
-def _result(outcome: PruneOutcome, asset_key: str) -> MaterializeResult:
-    lost = outcome.pending_rows_lost
-    metadata: dict[str, Any] = {
-        "prune_run_id": outcome.prune_run_id,
-        "skipped_reason": outcome.skipped_reason or "",
-        "rows_deleted": outcome.total_deleted,
-        "deleted": MetadataValue.json(outcome.deleted),
-        "pending_before": MetadataValue.json(outcome.pending_before),
-        "pending_after": MetadataValue.json(outcome.pending_after),
-        "duration_s": round((outcome.finished_at - outcome.started_at).total_seconds(), 3),
-    }
-    if outcome.steps:
-        metadata["deleted_per_step"] = MetadataValue.json(outcome.steps)
-    if outcome.vacuumed or outcome.vacuum_failed:
-        metadata["vacuumed"] = ", ".join(outcome.vacuumed)
-        metadata["vacuum_failed"] = ", ".join(outcome.vacuum_failed)
-    check = AssetCheckResult(
-        asset_key=asset_key, check_name=PENDING_CHECK, passed=not lost, severity=AssetCheckSeverity.ERROR,
-        metadata={"pending_lost": MetadataValue.json(lost), "pending_before": MetadataValue.json(outcome.pending_before),
-                  "pending_after": MetadataValue.json(outcome.pending_after)},
-    )
-    return MaterializeResult(metadata=metadata, check_results=[check])
-
-
-@asset(
-    name="replica_sync_group_prune",
-    group_name=GROUP,
-    partitions_def=replicas_partitions,
-    pool="replica_prune",
-    deps=[replica_state_source, sync_runs_source, replica_store_source],
-    retry_policy=PRUNE_RETRY,
-    kinds={"postgres"},
-    check_specs=[AssetCheckSpec(PENDING_CHECK, asset="replica_sync_group_prune",
-                                description="PENDING rows in the replica before the prune = after")],
-    description="Deletes the replica's patients outside its current sync group (PENDING kept), orphan "
-                "addresses and DONE orphans, after each fully successful sync and past the grace period.",
-)
-def replica_sync_group_prune(context: AssetExecutionContext, config: SyncGroupPruneConfig,
-                             postgres: PostgresResource) -> MaterializeResult:
-    replica_id = context.partition_key
-    with postgres.connect() as conn, _bad_input_is_final():
-        outcome = sync_group_prune(conn, replica_id, now_utc(), timedelta(hours=config.grace_hours),
-                                   config.sync_run_id)
-    context.log.info(f"replica {replica_id}: " + (f"skipped ({outcome.skipped_reason})" if outcome.skipped
-                                                  else f"{outcome.total_deleted} rows deleted"))
-    return _result(outcome, "replica_sync_group_prune")
-
-
-@asset(
-    name="replica_maintenance",
-    group_name=GROUP,
-    partitions_def=replicas_partitions,
-    pool="replica_prune",
-    deps=[replica_state_source, sync_runs_source, replica_store_source],
-    retry_policy=PRUNE_RETRY,
-    kinds={"postgres"},
-    check_specs=[AssetCheckSpec(PENDING_CHECK, asset="replica_maintenance",
-                                description="PENDING rows in the replica before the purge = after")],
-    description="Weekly purge of soft-deleted, expired, superseded and orphaned DONE rows of a replica; "
-                "each daily run decides whether it is due (last maintenance NULL or > 7 days ago).",
-)
-def replica_maintenance_asset(context: AssetExecutionContext, config: MaintenanceConfig,
-                              postgres: PostgresResource) -> MaterializeResult:
-    replica_id = context.partition_key
-    with postgres.connect() as conn, _bad_input_is_final():
-        outcome = replica_maintenance(conn, replica_id, now_utc(), force=config.force)
-    context.log.info(f"replica {replica_id}: " + (f"skipped ({outcome.skipped_reason})" if outcome.skipped
-                                                  else f"{outcome.total_deleted} rows deleted"))
-    return _result(outcome, "replica_maintenance")
-
-
-@asset_check(asset=replica_maintenance_asset, name="maintenance_not_overdue",
-             description="Names the replicas never maintained or not maintained for more than 8 days.")
-def maintenance_not_overdue(postgres: PostgresResource) -> AssetCheckResult:
-    with postgres.connect() as conn:
-        rows = overdue_replicas(conn)
-    return AssetCheckResult(
-        passed=not rows, severity=AssetCheckSeverity.WARN,
-        metadata={"overdue_replicas": MetadataValue.json([r["replica_id"] for r in rows]),
-                  "never_maintained": MetadataValue.json([r["replica_id"] for r in rows
-                                                          if r["last_maintenance_at"] is None])},
-    )
-
-
-replica_sync_group_prune_job = define_asset_job(
-    "replica_sync_group_prune_job", selection=[replica_sync_group_prune],
-    description="Sync-group prune of one replica (requested by the sync_complete sensor).",
-)
-replica_maintenance_job = define_asset_job(
-    "replica_maintenance_job", selection=[replica_maintenance_asset],
-    description="Daily maintenance check of one replica (runs the weekly purge when due).",
-)
-
-
-
-assets: list = [replica_state_source, sync_runs_source, replica_store_source, replica_sync_group_prune,
-                replica_maintenance_asset]
-asset_checks: list = [maintenance_not_overdue]
-jobs: list = [replica_sync_group_prune_job, replica_maintenance_job]
