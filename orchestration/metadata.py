@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
-from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableRecord, TableSchema
+from dagster import AssetKey, AssetObservation, MetadataValue, TableColumn, TableColumnConstraints, TableRecord, TableSchema
 
 # Who answers for each family (Dagster shows owners on every asset of the family).
 FAMILY_OWNERS = {
@@ -85,6 +85,18 @@ def table_result(table: sa.Table, rows: int | None = None, **figures: Any) -> di
         metadata["dagster/row_count"] = MetadataValue.int(rows)
     metadata.update(figures)
     return metadata
+
+
+# Dagster compares a source's observed data version with the one its dependents were built from.
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def source_observation(key: AssetKey | Sequence[str], data_version: str | int, partition: str | None = None,
+                       **figures: Any) -> AssetObservation:
+    """An observation of a source asset that a sensor saw change (e.g. the newest request id, a sync run
+    id): the UI shows it on the source, and dependents built from an older version show as stale."""
+    return AssetObservation(asset_key=key if isinstance(key, AssetKey) else AssetKey(list(key)),
+                            partition=partition, tags={DATA_VERSION_TAG: str(data_version)}, metadata=figures)
 
 
 def s3_uri(bucket: str, key: str = "") -> str:
