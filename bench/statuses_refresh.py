@@ -26,7 +26,7 @@ from assets.statuses import StatusScope, programme_ids_by_type, refresh_statuses
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.clock import academic_year, london_today, now_utc
 from orchestration.settings import get_settings
-from orchestration.statuses_sql import PROGRAMME_YEAR_GROUPS
+from assets.statuses import PROGRAMME_YEAR_GROUPS
 from orchestration.synthetic import seed_all
 
 EMPTY_CACHE_RUNS = 3

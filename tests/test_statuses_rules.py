@@ -21,7 +21,7 @@ from orchestration.schema import (
     TriageStatus as T,
     VaccinationStatus as V,
 )
-from orchestration.statuses_sql import DATE_DEPENDENT_TABLES
+from assets.statuses import DATE_DEPENDENT_TABLES
 from test_statuses_helpers import TODAY, World, refresh_everything
 
 
