@@ -112,6 +112,7 @@ class TriageStatusInput(enum.IntEnum):
     DO_NOT_VACCINATE = 1
     NEEDS_FOLLOW_UP = 2
     DELAY_VACCINATION = 3
+    INVITE_TO_CLINIC = 4  # statuses-v2 D1 (migration 0006)
 
 
 class VaccinationOutcome(enum.IntEnum):
@@ -133,6 +134,7 @@ class ConsentStatus(enum.IntEnum):
     GIVEN = 1
     REFUSED = 2
     CONFLICTS = 3
+    NOT_REQUIRED = 4  # statuses-v2 C3: already vaccinated (migration 0006)
 
 
 class TriageStatus(enum.IntEnum):
@@ -143,6 +145,7 @@ class TriageStatus(enum.IntEnum):
     SAFE_TO_VACCINATE = 2
     DO_NOT_VACCINATE = 3
     DELAY_VACCINATION = 4
+    INVITE_TO_CLINIC = 5  # statuses-v2 D1 (migration 0006)
 
 
 class VaccinationStatus(enum.IntEnum):
@@ -164,6 +167,7 @@ class SessionStatus(enum.IntEnum):
     ABSENT_FROM_SESSION = 5
     UNWELL = 6
     ABSENT_FROM_SCHOOL = 7  # dropped upstream later; kept because its input outcome exists
+    CONFLICTING_CONSENT = 8  # statuses-v2 C4 (upstream's 7 collides; migration 0006)
 
 
 class RegistrationStatus(enum.IntEnum):
@@ -337,6 +341,8 @@ consents = Table(
     Column("withdrawn_at", TIMESTAMPTZ),
     Column("submitted_at", TIMESTAMPTZ, nullable=False, server_default=_now()),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=_now()),
+    # statuses-v2 C2 (migration 0006): the academic year the consent is for; NULL = derive it.
+    Column("academic_year", SmallInteger, nullable=True),
     CheckConstraint(_in("response", _codes(ConsentResponse)), name="response"),
     CheckConstraint(_in("route", _codes(ConsentRoute)), name="route"),
     Index(None, "patient_id", "programme_id"),
@@ -350,6 +356,10 @@ triages = Table(
     Column("status", SmallInteger, nullable=False),
     Column("invalidated_at", TIMESTAMPTZ),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=_now()),
+    # statuses-v2 C2 and D2 (migration 0006): the triage's academic year (NULL = derive it), and the
+    # earliest date a delayed child may be vaccinated.
+    Column("academic_year", SmallInteger, nullable=True),
+    Column("delay_vaccination_until", Date, nullable=True),
     CheckConstraint(_in("status", _codes(TriageStatusInput)), name="status"),
     Index(None, "patient_id", "programme_id"),
 )

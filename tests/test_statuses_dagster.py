@@ -493,7 +493,8 @@ def test_explain_prints_statuses_and_inputs_without_names(world, engine, capsys)
         explanation = explain_statuses(conn, world.patients[1], "hpv", TODAY)
     text = format_explanation(explanation)
     assert "patient_consent_statuses" in text and ": refused (recomputed: refused)" in text
-    assert "latest consents (L):" in text and "response=1" in text
+    assert "consents (the academic year each counts in" in text and "response=1" in text
+    assert "academic year judged 2026" in text and "counts: in L(2026)" in text
     for name in ("Testy", "Fakename", "Parent One"):
         assert name not in text
     from orchestration.cli import main

@@ -108,7 +108,10 @@ CASES = [
       "VALUES ('New', 'Child', DATE '2011-10-01', 2011)",
       "INSERT INTO patient_sessions (patient_id, session_id) "
       "SELECT max(id), :main FROM patients"],
-     [(PATIENT, "new_patient", None)]),
+     [(PATIENT, "new_patient", None)] * 2),
+    # v2 D6: every patient has patient-level rows, so a patient created (with no session) is requested.
+    ("patient created", ["INSERT INTO patients (given_name, family_name, date_of_birth, birth_academic_year) "
+                         "VALUES ('New', 'Child', DATE '2011-10-01', 2011)"], [(PATIENT, "new_patient", None)]),
     # The attendance rows cascade with it: the patient_sessions trigger alone covers the patient.
     ("patient_session removed", ["DELETE FROM patient_sessions WHERE id = :ps1"], [(PATIENT, "p1", None)]),
     ("school move: delete then insert",

@@ -55,7 +55,7 @@ BAD_INPUT_QUERIES = {
         WHERE response IS NULL OR response NOT IN (0, 1, 2) OR route IS NULL OR route NOT IN (0, 1, 2, 3, 4)
         ORDER BY id LIMIT 100""",
     "triages with an unknown or missing status": """
-        SELECT id FROM triages WHERE status IS NULL OR status NOT IN (0, 1, 2, 3) ORDER BY id LIMIT 100""",
+        SELECT id FROM triages WHERE status IS NULL OR status NOT IN (0, 1, 2, 3, 4) ORDER BY id LIMIT 100""",
     "vaccination records with an unknown or missing outcome": """
         SELECT id FROM vaccination_records WHERE outcome IS NULL OR outcome NOT IN (0, 1, 2, 3, 4, 5, 6)
         ORDER BY id LIMIT 100""",

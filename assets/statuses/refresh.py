@@ -48,7 +48,8 @@ def scope_passes(scope: StatusScope, params: dict[str, Any],
     """(batch source, extra params) for each pass a scope needs; batches are of patients."""
     if scope.all:
         born_from, born_to = q.eligible_birth_years(params["programme_type"], params["academic_year"])
-        programme = {"programme_id": params["programme_id"], "born_from": born_from, "born_to": born_to}
+        programme = {"programme_id": params["programme_id"], "born_from": born_from, "born_to": born_to,
+                     "academic_year": params["academic_year"]}
         return [(dt.keyset_batches(q.PROGRAMME_PATIENTS_SQL, programme, batch_size), {})]
     passes = []
     if scope.patient_ids:
