@@ -76,15 +76,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Rows holding a v2-only code go back to the v1 default (0): the next refresh under v1 rules
-    # recomputes them. (Input triages of a v2-only status cannot be represented in v1: they go.)
+    # Cached rows holding a v2-only code go back to the v1 default (0): the next refresh under v1 rules
+    # recomputes them. An input triage `invite_to_clinic` becomes `delay_vaccination`, the v1 status
+    # upstream says it behaves like (operational rows are never deleted).
     op.execute(f"DELETE FROM status_refresh_requests WHERE reason = '{RULES_REQUEST_REASON}' "
                f"AND processed_at IS NULL")
     op.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON patients")
     op.execute(f"DROP FUNCTION IF EXISTS {FUNCTION}()")
     for table, _, codes in CODES:
         if table == "triages":
-            op.execute(f"DELETE FROM triages WHERE status NOT IN ({', '.join(map(str, codes))})")
+            op.execute("UPDATE triages SET status = 3 WHERE status = 4")
         else:
             op.execute(f"UPDATE {table} SET status = 0 WHERE status NOT IN ({', '.join(map(str, codes))})")
         _replace_check(table, codes)
