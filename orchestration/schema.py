@@ -362,6 +362,8 @@ triages = Table(
     Column("delay_vaccination_until", Date, nullable=True),
     CheckConstraint(_in("status", _codes(TriageStatusInput)), name="status"),
     Index(None, "patient_id", "programme_id"),
+    # The day-change sensor looks up the delays ending on the days it handles.
+    Index(None, "delay_vaccination_until", postgresql_where=text("delay_vaccination_until IS NOT NULL")),
 )
 
 vaccination_records = Table(

@@ -2,7 +2,7 @@
 recompute of an existing cache.
 
 - `consents.academic_year`, `triages.academic_year` (C2; NULL = derive the year from the timestamp)
-  and `triages.delay_vaccination_until` (D2).
+  and `triages.delay_vaccination_until` (D2), with a partial index for the day-change sensor.
 - Codes: input triage `invite_to_clinic 4` (D1); output consent `not_required 4` (C3), triage
   `invite_to_clinic 5` (D1), session `conflicting_consent 8` (C4). The CHECK constraints are replaced.
 - A patient created raises a patient-scoped refresh request (D6: patient-level rows for every patient).
@@ -65,6 +65,9 @@ def upgrade() -> None:
     op.add_column("consents", sa.Column("academic_year", sa.SmallInteger(), nullable=True))
     op.add_column("triages", sa.Column("academic_year", sa.SmallInteger(), nullable=True))
     op.add_column("triages", sa.Column("delay_vaccination_until", sa.Date(), nullable=True))
+    # The day-change sensor looks up the delays ending on the days it handles.
+    op.create_index(op.f("ix_triages_delay_vaccination_until"), "triages", ["delay_vaccination_until"],
+                    postgresql_where=sa.text("delay_vaccination_until IS NOT NULL"))
     for table, codes, _ in CODES:
         _replace_check(table, codes)
     op.execute(f"CREATE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n{FUNCTION_BODY}\n$fn$")
@@ -89,6 +92,7 @@ def downgrade() -> None:
         else:
             op.execute(f"UPDATE {table} SET status = 0 WHERE status NOT IN ({', '.join(map(str, codes))})")
         _replace_check(table, codes)
+    op.drop_index(op.f("ix_triages_delay_vaccination_until"), "triages")
     op.drop_column("triages", "delay_vaccination_until")
     op.drop_column("triages", "academic_year")
     op.drop_column("consents", "academic_year")
