@@ -388,3 +388,22 @@ def test_a_session_scoped_refresh_reads_records_of_other_sessions(engine):
         e.w.conn = conn
         assert read(e.w, e, "session T") == S.NONE_YET
         assert read(e.w, e, "session V") is None  # not in the scope
+
+
+def test_the_benchmarks_per_row_python_baseline_agrees_with_the_sql(v2_world):
+    """bench/statuses_refresh.py's Python baseline follows v2: it gives every case's patient-level statuses,
+    in every programme the patient has rows for, exactly as the set-based refresh cached them."""
+    from bench.statuses_refresh import python_statuses
+
+    world, built, engine = v2_world
+    compared = 0
+    with engine.connect() as conn:
+        for case in CASES:
+            sam = built[case.name].sam
+            for programme, programme_id in world.programmes.items():
+                cached = {t: world.patient_status(t, sam, programme) for t in PATIENT_TABLES.values()}
+                if None in cached.values():
+                    continue  # not eligible: no rows
+                assert python_statuses(conn, sam, programme_id, programme, TODAY) == cached, (case.name, programme)
+                compared += 1
+    assert compared > 3 * len(CASES)
