@@ -407,3 +407,39 @@ def test_the_benchmarks_per_row_python_baseline_agrees_with_the_sql(v2_world):
                 assert python_statuses(conn, sam, programme_id, programme, TODAY) == cached, (case.name, programme)
                 compared += 1
     assert compared > 3 * len(CASES)
+
+
+def test_the_generators_last_year_no_longer_counts_and_the_python_baseline_agrees(database_url, engine):
+    """The synthetic statuses hold last year's flu sessions, consents, triages and doses (so the demo shows
+    rules v2 at work): children vaccinated against flu only last year are `none_yet` now; the refresh is
+    complete (coverage), and the benchmark's Python baseline agrees with it on a sample of patients."""
+    from assets.statuses import programme_ids_by_type, status_coverage
+    from bench.statuses_refresh import python_statuses
+    from orchestration.synthetic import seed_all
+
+    now = datetime(2025, 11, 20, 10, tzinfo=LONDON)
+    seed_all(database_url, scale=0.2, now=now, families=["orchestration.synthetic.statuses"], echo=lambda *_: None)
+    refresh_everything(engine, today=TODAY)
+    with engine.connect() as conn:
+        flu = programme_ids_by_type(conn)["flu"]
+        last_year_only = conn.execute(sa.text("""
+            SELECT s.status, count(*) FROM patient_vaccination_statuses AS s
+            WHERE s.programme_id = :flu AND EXISTS (
+                SELECT 1 FROM vaccination_records vr WHERE vr.patient_id = s.patient_id AND vr.programme_id = :flu
+                  AND vr.outcome = 0 AND vr.discarded_at IS NULL AND vr.performed_at < DATE '2025-09-01')
+              AND NOT EXISTS (
+                SELECT 1 FROM vaccination_records vr WHERE vr.patient_id = s.patient_id AND vr.programme_id = :flu
+                  AND vr.outcome IN (0, 4) AND vr.discarded_at IS NULL AND vr.performed_at >= DATE '2025-09-01')
+            GROUP BY s.status"""), {"flu": flu}).all()
+        assert dict(last_year_only).keys() <= {V.NONE_YET, V.COULD_NOT_VACCINATE} and sum(n for _, n in last_year_only) > 50
+        old = conn.execute(sa.text("SELECT count(*) FROM consents WHERE submitted_at < DATE '2025-09-01'")).scalar_one()
+        assert old > 50
+        assert all(rows == [] for rows in status_coverage(conn, TODAY).values())
+        sample = conn.execute(sa.text("SELECT patient_id, programme_id, p.type FROM patient_consent_statuses "
+                                      "JOIN programmes p ON p.id = programme_id ORDER BY patient_id, programme_id "
+                                      "LIMIT 300")).all()
+        for patient_id, programme_id, programme in sample:
+            cached = {t: conn.execute(sa.text(f"SELECT status FROM {t} WHERE patient_id = :p AND programme_id = :pr"),
+                                      {"p": patient_id, "pr": programme_id}).scalar_one()
+                      for t in PATIENT_TABLES.values()}
+            assert python_statuses(conn, patient_id, programme_id, programme, TODAY) == cached, (patient_id, programme)
