@@ -67,7 +67,8 @@ source_specs = [
 ]
 
 _DEPS = {
-    "patient_consent_statuses": ["programmes", "patients", "parents", "consents"],
+    # v2 C3: consent not_required once vaccinated, so the consent statuses read the records too.
+    "patient_consent_statuses": ["programmes", "patients", "parents", "consents", "vaccination_records"],
     "patient_triage_statuses": ["programmes", "patients", "parents", "consents", "triages", "vaccination_records"],
     "patient_vaccination_statuses": ["programmes", "patients", "parents", "consents", "triages",
                                      "vaccination_records"],
