@@ -76,11 +76,15 @@ def session_year_sql(session_id: str) -> str:
 
 
 # The batch's patient_sessions (in the scope's sessions) with their session's year Y_s and the patient's
-# birth year: read once, joined by most of the queries below.
+# birth year: read once, joined by most of the queries below. (Every session's year is aggregated and
+# hash-joined: half the time of a lookup per patient_session.)
 BATCH_PATIENT_SESSIONS_SQL = f"""
-    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id, {session_year_sql('ps.session_id')} AS session_year,
-           pt.birth_academic_year
-    FROM patient_sessions AS ps JOIN patients AS pt ON pt.id = ps.patient_id
+    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id,
+           coalesce(sy.year, CAST(:academic_year AS int)) AS session_year, pt.birth_academic_year
+    FROM patient_sessions AS ps
+    JOIN patients AS pt ON pt.id = ps.patient_id
+    LEFT JOIN (SELECT sd.session_id, {academic_year_sql('min(sd.value)')} AS year FROM session_dates AS sd
+               GROUP BY sd.session_id) AS sy ON sy.session_id = ps.session_id
     WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}"""
 
 # A patient_session's programmes: its session's programmes whose year groups include the patient's year
