@@ -72,6 +72,9 @@ BAD_INPUT_QUERIES = {
     "triages created in the future": """
         SELECT id FROM triages
         WHERE invalidated_at IS NULL AND created_at > CAST(:now AS timestamptz) ORDER BY id LIMIT 100""",
+    # v2 D2: only a delay_vaccination triage's date is read; a date on another status is ignored.
+    "triages with a delay_vaccination_until but another status": """
+        SELECT id FROM triages WHERE delay_vaccination_until IS NOT NULL AND status <> 3 ORDER BY id LIMIT 100""",
     "attendances on a date of another session": """
         SELECT a.id FROM session_attendances AS a
         JOIN session_dates AS sd ON sd.id = a.session_date_id
