@@ -441,6 +441,16 @@ status_refresh_requests = Table(
     Index("ix_status_refresh_requests_pending", "id", postgresql_where=text("processed_at IS NULL")),
 )
 
+# One row: the version of the status rules the caches were last fully computed under (statuses-v2,
+# migration 0006). When the code's rules version differs, one full refresh is requested.
+status_rules = Table(
+    "status_rules", metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("version", SmallInteger, nullable=False),
+    Column("recorded_at", TIMESTAMPTZ, nullable=False, server_default=_now()),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
 
 # =============================================================================================
 # §2 UKRDC: ahead-of-time cohort statistics (UKRDC naming)

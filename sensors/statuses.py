@@ -34,8 +34,10 @@ from assets.statuses import (
     TRIGGER_TAG,
     all_programmes_tags,
     refresh_run_config,
+    request_full_refresh_if_rules_changed,
     status_refresh_job,
 )
+from assets.statuses.refresh import rules_request_reason
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
@@ -306,6 +308,9 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
     if in_flight:
         return SkipReason(f"run {in_flight[0].run_id} is still handling earlier requests")
     with postgres.connect() as conn:
+        # Rules changed since the caches were last fully computed (e.g. an upgrade): one full refresh.
+        if request_full_refresh_if_rules_changed(conn):
+            context.log.info(f"status rules changed: a full refresh was requested ({rules_request_reason()})")
         requests = pending_requests(conn)
     if not requests:
         return SkipReason("no pending refresh requests")

@@ -17,11 +17,14 @@ from assets.statuses.refresh import (
     mark_requests_processed,
     pending_request_ids,
     programme_ids_by_type,
+    record_rules_version,
     refresh_statuses,
+    request_full_refresh_if_rules_changed,
 )
 from assets.statuses.sql import (
     DATE_DEPENDENT_TABLES,
     PROGRAMME_YEAR_GROUPS,
+    RULES_VERSION,
     STATUS_TABLES,
 )
 from assets.statuses.wiring import (
@@ -41,9 +44,10 @@ from assets.statuses.wiring import (
 
 __all__ = [
     "DATE_DEPENDENT_KEYS", "DATE_DEPENDENT_TABLES", "NIGHTLY_DATE_TAG", "PROGRAMME_YEAR_GROUPS",
-    "STATUS_ASSET_KEYS", "STATUS_REFRESH_LOCK_KEY", "STATUS_TABLES", "STATUS_TABLE_NAMES", "TRIGGER_TAG",
-    "StatusScope", "all_programmes_tags", "asset_checks", "assets", "bad_status_inputs", "explain_statuses",
-    "format_explanation", "jobs", "mark_requests_processed", "pending_request_ids", "programme_ids_by_type",
-    "refresh_run_config", "refresh_statuses", "status_checks_job", "status_coverage", "status_drift",
+    "RULES_VERSION", "STATUS_ASSET_KEYS", "STATUS_REFRESH_LOCK_KEY", "STATUS_TABLES", "STATUS_TABLE_NAMES",
+    "StatusScope", "TRIGGER_TAG", "all_programmes_tags", "asset_checks", "assets", "bad_status_inputs",
+    "explain_statuses", "format_explanation", "jobs", "mark_requests_processed", "pending_request_ids",
+    "programme_ids_by_type", "record_rules_version", "refresh_run_config", "refresh_statuses",
+    "request_full_refresh_if_rules_changed", "status_checks_job", "status_coverage", "status_drift",
     "status_refresh_job", "status_tables",
 ]

@@ -123,3 +123,27 @@ def mark_requests_processed(conn: sa.Connection, request_ids: Iterable[int]) -> 
     ).rowcount
 
 
+def rules_request_reason(version: int = q.RULES_VERSION) -> str:
+    return f"status rules v{version}"
+
+
+def request_full_refresh_if_rules_changed(conn: sa.Connection) -> bool:
+    """When the caches were last fully computed under other rules than the code's (or never, on a
+    deployment upgraded from before the version was recorded), queue one `all` refresh request, unless
+    one is pending already. Returns whether it queued one. Commits."""
+    queued = conn.execute(sa.text("""
+        INSERT INTO status_refresh_requests (scope, reason)
+        SELECT 2, CAST(:reason AS text)
+        WHERE (SELECT version FROM status_rules WHERE id = 1) IS DISTINCT FROM CAST(:version AS smallint)
+          AND NOT EXISTS (SELECT 1 FROM status_refresh_requests
+                          WHERE processed_at IS NULL AND scope = 2 AND reason = CAST(:reason AS text))"""),
+        {"version": q.RULES_VERSION, "reason": rules_request_reason()}).rowcount
+    conn.commit()
+    return bool(queued)
+
+
+def record_rules_version(conn: sa.Connection, version: int = q.RULES_VERSION) -> None:
+    """Record that every status was just computed under rules `version` (a full run's last transaction)."""
+    conn.execute(sa.text(
+        "INSERT INTO status_rules (id, version) VALUES (1, :v) "
+        "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, recorded_at = now()"), {"v": version})

@@ -26,6 +26,10 @@ from __future__ import annotations
 from orchestration.clock import academic_year_sql, london_date_sql
 from orchestration.patterns.derived_table import BatchFacts, DerivedTable
 
+# The version of the rules below (statuses-v2.md = 2). Change it with the rules: the next tick of the
+# refresh-request sensor then queues one full refresh, which records it in `status_rules`.
+RULES_VERSION = 2
+
 # app/models/programme.rb: eligible year groups per programme type.
 PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
 

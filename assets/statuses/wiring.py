@@ -46,6 +46,7 @@ from assets.statuses.refresh import (
     mark_requests_processed,
     pending_request_ids,
     programme_ids_by_type,
+    record_rules_version,
     refresh_statuses,
 )
 from orchestration.clock import london_today, now_utc
@@ -156,10 +157,13 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
         conn.commit()
         for index, programme in enumerate(programmes):
             finalize = None
-            if index == len(programmes) - 1 and request_ids:
-                # Requests count as processed only with the run's last batch (at-least-once).
+            if index == len(programmes) - 1 and (request_ids or covers_all):
+                # Requests count as processed only with the run's last batch (at-least-once); a full run
+                # records the rules version every status was computed under in the same transaction.
                 def finalize(c):
                     marked[0] = mark_requests_processed(c, request_ids)
+                    if covers_all:
+                        record_rules_version(c)
 
             result = refresh_statuses(conn, ids[programme], scope, today, names, finalize=finalize,
                                       workers=workers)

@@ -8,10 +8,11 @@ recompute of an existing cache.
 - A patient created raises a patient-scoped refresh request (D6: patient-level rows for every patient).
   Updates of the new columns already raise one: the consents and triages UPDATE triggers of 0001 fire
   on any column.
-- An existing deployment recomputes every status once under the new rules, with no manual step: when
-  the cache holds rows, the upgrade leaves one pending `all` request (reason `status rules v2`), which
-  the refresh-request sensor turns into a full refresh of every table and programme. A fresh database
-  (empty cache) gets none; its first full refreshes come from the programme-added sensor.
+- `status_rules`: the version of the rules the caches were last fully computed under. An existing
+  deployment (a cache with rows) gets no row, so the code's rules version (2) differs from it: the
+  refresh-request sensor queues one `all` request, and the full refresh that handles it records the
+  version. Every status is recomputed once under the new rules with no manual step. A fresh database
+  (empty cache) is recorded at version 2: there is nothing to recompute.
 
 Migrations are frozen: codes and bodies are written out here, not imported.
 
@@ -50,7 +51,7 @@ FUNCTION_BODY = f"""
     END
 """
 TRIGGER = "pso_refresh_patients_insert"
-RULES_REQUEST_REASON = "status rules v2"
+RULES_REQUEST_REASON = "status rules v2"  # as assets/statuses/refresh.py words the request
 STATUS_TABLES = ("patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
                  "patient_session_session_statuses", "patient_session_registration_statuses")
 
@@ -73,9 +74,16 @@ def upgrade() -> None:
     op.execute(f"CREATE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n{FUNCTION_BODY}\n$fn$")
     op.execute(f"CREATE TRIGGER {TRIGGER} AFTER INSERT ON patients REFERENCING NEW TABLE AS new_rows "
                f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()")
+    op.create_table(
+        "status_rules",
+        sa.Column("id", sa.SmallInteger(), nullable=False),
+        sa.Column("version", sa.SmallInteger(), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_status_rules_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_status_rules")),
+    )
     cached = " OR ".join(f"EXISTS (SELECT 1 FROM {t})" for t in STATUS_TABLES)
-    op.execute(f"INSERT INTO status_refresh_requests (scope, reason) SELECT 2, '{RULES_REQUEST_REASON}' "
-               f"WHERE {cached}")
+    op.execute(f"INSERT INTO status_rules (id, version) SELECT 1, 2 WHERE NOT ({cached})")
 
 
 def downgrade() -> None:
@@ -84,6 +92,7 @@ def downgrade() -> None:
     # upstream says it behaves like (operational rows are never deleted).
     op.execute(f"DELETE FROM status_refresh_requests WHERE reason = '{RULES_REQUEST_REASON}' "
                f"AND processed_at IS NULL")
+    op.drop_table("status_rules")
     op.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON patients")
     op.execute(f"DROP FUNCTION IF EXISTS {FUNCTION}()")
     for table, _, codes in CODES:
