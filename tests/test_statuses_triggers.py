@@ -80,6 +80,16 @@ CASES = [
     ("triage updated", ["UPDATE triages SET status = 1 WHERE id = :triage1"], [(PATIENT, "p1", None)]),
     ("triage invalidated", ["UPDATE triages SET invalidated_at = now() WHERE id = :triage1"],
      [(PATIENT, "p1", None)]),
+    # v2 §1.8: the year of a consent or triage, and the end of a delay, decide what counts.
+    ("consent academic_year changed", ["UPDATE consents SET academic_year = 2027 WHERE id = :consent1"],
+     [(PATIENT, "p1", None)]),
+    ("consent submitted_at changed", ["UPDATE consents SET submitted_at = now() WHERE id = :consent1"],
+     [(PATIENT, "p1", None)]),
+    ("triage academic_year changed", ["UPDATE triages SET academic_year = 2027 WHERE id = :triage1"],
+     [(PATIENT, "p1", None)]),
+    ("triage delay_vaccination_until changed",
+     ["UPDATE triages SET status = 3, delay_vaccination_until = DATE '2026-12-01' WHERE id = :triage1"],
+     [(PATIENT, "p1", None)]),
     # Vaccination record created, edited or discarded.
     ("vaccination record created",
      ["INSERT INTO vaccination_records (patient_id, programme_id, session_id, outcome, performed_at) "
