@@ -26,7 +26,7 @@ from assets.statuses import StatusScope, programme_ids_by_type, refresh_statuses
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.clock import academic_year, london_today, now_utc
 from orchestration.settings import get_settings
-from orchestration.statuses_sql import PROGRAMME_YEAR_GROUPS
+from assets.statuses import PROGRAMME_YEAR_GROUPS
 from orchestration.synthetic import seed_all
 
 EMPTY_CACHE_RUNS = 3
@@ -62,18 +62,42 @@ def _age(dob: date, day: date) -> int:
     return age_on(dob, day)
 
 
+def _needs_triage(consent) -> bool:
+    """triage_needed (v2 D5): a "yes" (any case) to a question whose would_require_triage is not JSON false."""
+    return consent.response == 0 and any(
+        str(a.get("response", "")).lower() == "yes" and a.get("would_require_triage", True) is not False
+        for a in consent.health_answers)
+
+
+def _vaccinated(records: list, programme_type: str, age) -> bool:
+    """Vaccinated over R(y) (v2 §1.4; D4 for td_ipv)."""
+    administered = [r for r in records if r.outcome == 0]
+    if any(r.outcome == 4 for r in records):
+        return True
+    if programme_type == "menacwy":
+        return any(age(r) >= 10 for r in administered)
+    if programme_type == "td_ipv":
+        return any((r.dose_sequence == 5 or r.session_id is not None) and age(r) >= 10 for r in administered)
+    return bool(administered)
+
+
 def python_statuses(conn, patient_id: int, programme_id: int, programme_type: str, today: date) -> dict:
-    """One patient, one programme: per-patient queries, rules in Python (§1.4–1.5)."""
+    """One patient, one programme: per-patient queries, rules v2 in Python (statuses-v2.md Part 1), judged
+    in Y = academic_year(today)."""
     from orchestration.clock import london_date
 
+    year = academic_year(today)
     patient = conn.execute(sa.text("SELECT given_name, family_name, date_of_birth FROM patients WHERE id = :p"),
                            {"p": patient_id}).one()
     consents = conn.execute(sa.text(
-        "SELECT c.id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at, pa.full_name "
-        "FROM consents c LEFT JOIN parents pa ON pa.id = c.parent_id WHERE c.patient_id = :p AND c.programme_id = :pr "
-        "AND c.invalidated_at IS NULL AND c.response <> 2"), {"p": patient_id, "pr": programme_id}).all()
+        "SELECT c.id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at, c.academic_year, "
+        "pa.full_name FROM consents c LEFT JOIN parents pa ON pa.id = c.parent_id WHERE c.patient_id = :p "
+        "AND c.programme_id = :pr AND c.invalidated_at IS NULL AND c.response <> 2"),
+        {"p": patient_id, "pr": programme_id}).all()
     groups: dict[str, tuple] = {}
     for c in consents:
+        if (c.academic_year if c.academic_year is not None else academic_year(london_date(c.submitted_at))) != year:
+            continue  # L(Y) step 2a: a consent counts only in its own academic year
         name = f"{patient.given_name} {patient.family_name}" if c.route == 4 else (
             c.full_name or "Parent or guardian (name unknown)")
         if name not in groups or (c.submitted_at, c.created_at, c.id) > groups[name][0]:
@@ -90,36 +114,35 @@ def python_statuses(conn, patient_id: int, programme_id: int, programme_type: st
         consent = 3
     else:
         consent = 0
-    triage = conn.execute(sa.text(
-        "SELECT status FROM triages WHERE patient_id = :p AND programme_id = :pr AND invalidated_at IS NULL "
-        "ORDER BY created_at DESC, id DESC LIMIT 1"), {"p": patient_id, "pr": programme_id}).scalar_one_or_none()
+    triages = [t for t in conn.execute(sa.text(
+        "SELECT id, status, created_at, academic_year, delay_vaccination_until FROM triages "
+        "WHERE patient_id = :p AND programme_id = :pr AND invalidated_at IS NULL"), {"p": patient_id, "pr": programme_id})
+        if (t.academic_year if t.academic_year is not None else academic_year(london_date(t.created_at))) == year]
+    latest_triage = max(triages, key=lambda t: (t.created_at, t.id), default=None)
+    triage = latest_triage.status if latest_triage else None
     records = conn.execute(sa.text(
         "SELECT id, session_id, outcome, performed_at, dose_sequence FROM vaccination_records "
         "WHERE patient_id = :p AND programme_id = :pr AND discarded_at IS NULL"),
         {"p": patient_id, "pr": programme_id}).all()
-    administered = [r for r in records if r.outcome == 0]
-    age = lambda r: _age(patient.date_of_birth, london_date(r.performed_at))  # noqa: E731
-    if any(r.outcome == 4 for r in records):
-        vaccinated = True
-    elif programme_type == "menacwy":
-        vaccinated = any(age(r) >= 10 for r in administered)
-    elif programme_type == "td_ipv":
-        vaccinated = any((r.dose_sequence == 5 or (r.dose_sequence is None and r.session_id is not None))
-                         and age(r) >= 10 for r in administered)
-    else:
-        vaccinated = bool(administered)
-    needs = any(c.response == 0 and any(str(a.get("response", "")).lower() == "yes" for a in c.health_answers)
-                for c in latest)
+    # R(Y): flu counts in its own year only, the others up to Y.
+    counted = [r for r in records if (academic_year(london_date(r.performed_at)) == year if programme_type == "flu"
+                                      else academic_year(london_date(r.performed_at)) <= year)]
+    vaccinated = _vaccinated(counted, programme_type,
+                             lambda r: _age(patient.date_of_birth, london_date(r.performed_at)))
+    history = programme_type in ("menacwy", "td_ipv") and any(r.outcome == 0 for r in counted) and not vaccinated
     if vaccinated:
         triage_status = 0
+    elif triage == 3 and (latest_triage.delay_vaccination_until is None
+                          or latest_triage.delay_vaccination_until > today):
+        triage_status = 4
     elif triage is not None:
-        triage_status = {0: 2, 1: 3, 3: 4, 2: 1}[triage]
-    elif consent == 1 and (needs or (administered and not vaccinated)):
+        triage_status = {0: 2, 1: 3, 2: 1, 3: 1, 4: 5}[triage]  # 3 here: an expired delay
+    elif consent == 1 and (any(_needs_triage(c) for c in latest) or history):
         triage_status = 1
     else:
         triage_status = 0
     vaccination = 1 if vaccinated else (2 if any(c.response == 1 for c in latest) or triage == 1 else 0)
-    return {"patient_consent_statuses": consent, "patient_triage_statuses": triage_status,
+    return {"patient_consent_statuses": 4 if vaccinated else consent, "patient_triage_statuses": triage_status,
             "patient_vaccination_statuses": vaccination}
 
 

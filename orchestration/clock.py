@@ -57,6 +57,17 @@ def academic_year(day: date) -> int:
     return day.year if day.month >= ACADEMIC_YEAR_START_MONTH else day.year - 1
 
 
+def academic_year_sql(day: str) -> str:
+    """SQL for `academic_year` of the SQL date expression `day` (the same rule, for set-based queries)."""
+    return (f"(extract(year FROM {day})::int - "
+            f"CASE WHEN extract(month FROM {day}) < {ACADEMIC_YEAR_START_MONTH} THEN 1 ELSE 0 END)")
+
+
+def london_date_sql(instant: str) -> str:
+    """SQL for `london_date` of the SQL timestamptz expression `instant` (never its UTC date)."""
+    return f"({instant} AT TIME ZONE 'Europe/London')::date"
+
+
 def academic_year_start(day: date) -> date:
     """1 September of the academic year that `day` falls in."""
     return date(academic_year(day), ACADEMIC_YEAR_START_MONTH, 1)

@@ -97,6 +97,8 @@ class Settings:
     # Batches a status refresh writes at once, each on its own connection (one per database core is
     # about right); with the refresh's coordinating connection it must fit in the pool.
     status_refresh_workers: int = field(default=2)
+    # Patients the statuses' drift check recomputes per check run (PSO_STATUS_DRIFT_SAMPLE).
+    status_drift_sample: int = field(default=500)
     alert_webhook_url: str | None = field(default=None)
     # True when the keys came from PSO_S3_* (Dagster then reads them through EnvVar, by those names).
     s3_keys_from_pso_env: bool = field(default=False)
@@ -190,6 +192,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         dagster_port=_port(env, "PSO_DAGSTER_PORT", 3000),
         db_pool_size=pool_size,
         status_refresh_workers=workers,
+        status_drift_sample=_positive_int(env, "PSO_STATUS_DRIFT_SAMPLE", 500),
         alert_webhook_url=webhook,
         s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
     )

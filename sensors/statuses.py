@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from dagster import (
+    AssetKey,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -33,8 +34,10 @@ from assets.statuses import (
     TRIGGER_TAG,
     all_programmes_tags,
     refresh_run_config,
+    request_full_refresh_if_rules_changed,
     status_refresh_job,
 )
+from assets.statuses.refresh import rules_request_reason
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
@@ -45,6 +48,7 @@ from sensors.cursors import LOOK_BACK, HighWaterCursor
 
 MAX_PROGRAMME_ROWS_PER_TICK = 500  # up to one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
+EXPIRING_DELAY_TABLE = "patient_triage_statuses"  # the only table a delay ending changes (v2 §1.8)
 REQUEST_BATCH_TAG = "pso/request_batch"  # the merged refresh requests a run handles (ids only)
 ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
@@ -179,7 +183,8 @@ def sessions_between(conn: sa.Connection, first: date, last: date) -> list[int]:
 
 
 def academic_year_starts_within(first: date, last: date) -> bool:
-    """True when a 1 September lies in [first, last]: every year group, so every eligibility, changes."""
+    """True when a 1 September lies in [first, last], i.e. academic_year(first - 1 day) ≠ academic_year(last):
+    the academic year rolled over (statuses-v2 §1.8)."""
     return first <= academic_year_start(last) <= last
 
 
@@ -188,13 +193,40 @@ def first_unhandled_day(handled: date | None, today: date) -> date:
     return handled + timedelta(days=1) if handled is not None else today
 
 
+def delays_expiring_between(conn: sa.Connection, first: date, last: date) -> list[int]:
+    """Patients with a non-invalidated delay_vaccination triage whose delay ends in [first, last] (v2 D2): on
+    that date their triage status goes back to `required`."""
+    return conn.execute(sa.text(
+        "SELECT DISTINCT patient_id FROM triages WHERE delay_vaccination_until BETWEEN :a AND :b "
+        "AND status = 3 AND invalidated_at IS NULL ORDER BY patient_id"), {"a": first, "b": last}).scalars().all()
+
+
+def ordinary_day_requests(conn: sa.Connection, handled: date | None, today: date, tags: dict) -> list[RunRequest]:
+    """An ordinary day: the session and registration statuses of the sessions held from the last handled
+    date to today, and the triage statuses of the patients whose delay ended since the last handled date.
+    The keys hold the date, so a date never gets its runs twice."""
+    requests = []
+    session_ids = sessions_between(conn, handled or today, today)
+    if session_ids:
+        requests.append(refresh_request(refresh_run_config("sessions", session_ids=session_ids, today=today),
+                                        run_key=f"day_change:{today.isoformat()}", tags=tags,
+                                        asset_selection=DATE_DEPENDENT_KEYS))
+    patient_ids = delays_expiring_between(conn, first_unhandled_day(handled, today), today)
+    if patient_ids:
+        requests.append(refresh_request(refresh_run_config("patients", patient_ids=patient_ids, today=today),
+                                        run_key=f"day_change:{today.isoformat()}:delays", tags=tags,
+                                        asset_selection=[AssetKey(EXPIRING_DELAY_TABLE)]))
+    return requests
+
+
 @sensor(
     name="day_change",
     job=status_refresh_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
     description="Once per Europe/London date: refresh the session and registration statuses of the sessions "
-                "held between the last handled date and today (everything on 1 September).",
+                "held between the last handled date and today, and the triage statuses of patients whose "
+                "delay-vaccination triage ended; on an academic-year rollover, everything.",
 )
 def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
     today = london_today(now_utc())
@@ -205,22 +237,19 @@ def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResour
     if not partitions:
         # The cursor stays: once programme_added registers partitions, today still gets its run.
         return SkipReason("no programme partitions yet")
-    previous = handled or today
     tags = {**all_programmes_tags(partitions), TRIGGER_TAG: "day_change"}
     if academic_year_starts_within(first_unhandled_day(handled, today), today):
-        config = refresh_run_config("all", today=today)
-        selection = STATUS_ASSET_KEYS  # eligibility changed: every table
-    else:
-        with postgres.connect() as conn:
-            session_ids = sessions_between(conn, previous, today)
-        if not session_ids:
-            return SensorResult(skip_reason=SkipReason(f"no sessions between {previous} and {today}"),
-                                cursor=today.isoformat())
-        config = refresh_run_config("sessions", session_ids=session_ids, today=today)
-        selection = DATE_DEPENDENT_KEYS
-    # Catch-up after downtime: one run for today (the key holds the date: never twice for a date).
-    request = refresh_request(config, run_key=f"day_change:{today.isoformat()}", tags=tags, asset_selection=selection)
-    return SensorResult(run_requests=[request], cursor=today.isoformat())
+        # Academic-year rollover (even one the daemon slept through): last year's consents, triages and
+        # flu doses stop counting and every year group changes, in every programme: everything, once.
+        request = refresh_request(refresh_run_config("all", today=today), run_key=f"day_change:{today.isoformat()}",
+                                  tags=tags, asset_selection=STATUS_ASSET_KEYS)
+        return SensorResult(run_requests=[request], cursor=today.isoformat())
+    with postgres.connect() as conn:
+        requests = ordinary_day_requests(conn, handled, today, tags)
+    if not requests:
+        return SensorResult(skip_reason=SkipReason(f"no sessions or expiring delays from {handled or today} to {today}"),
+                            cursor=today.isoformat())
+    return SensorResult(run_requests=requests, cursor=today.isoformat())
 
 
 # --- status_refresh_requests ------------------------------------------------------------------
@@ -279,6 +308,9 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
     if in_flight:
         return SkipReason(f"run {in_flight[0].run_id} is still handling earlier requests")
     with postgres.connect() as conn:
+        # Rules changed since the caches were last fully computed (e.g. an upgrade): one full refresh.
+        if request_full_refresh_if_rules_changed(conn):
+            context.log.info(f"status rules changed: a full refresh was requested ({rules_request_reason()})")
         requests = pending_requests(conn)
     if not requests:
         return SkipReason("no pending refresh requests")

@@ -65,6 +65,9 @@ CASES = {
         lambda w, p: w.consent(p, "hpv", "given", submitted=FUTURE),
         lambda w, p: w.consent(p, "hpv", "given", submitted=1, created=FUTURE),
     ],
+    "triages with a delay_vaccination_until but another status": [
+        lambda w, p: w.triage(p, "hpv", "needs_follow_up", delay_until=TODAY),
+    ],
     "triages created in the future": [
         lambda w, p: w.triage(p, "hpv", "do_not_vaccinate", created=FUTURE),
     ],

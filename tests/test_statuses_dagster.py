@@ -352,6 +352,54 @@ def test_day_change_first_tick_on_1_september_refreshes_everything(world, databa
     assert after.run_requests == [] and after.cursor == "2027-09-03"
 
 
+def test_day_change_refreshes_the_triage_of_delays_ending_since_the_last_handled_day(engine, database_url, instance,
+                                                                                   monkeypatch):
+    """v2 D2: a delay ending on a day in (last handled, today] asks for a triage refresh of its patient, once;
+    one ending later, or invalidated, or on a triage that is not a delay, does not."""
+    with engine.begin() as conn:
+        w = World(conn)
+        patients = [w.patient() for _ in range(5)]
+        w.triage(patients[0], "hpv", "delay_vaccination", delay_until=TODAY)  # ends today
+        w.triage(patients[1], "flu", "delay_vaccination", delay_until=TODAY - timedelta(days=2))  # during downtime
+        w.triage(patients[2], "hpv", "delay_vaccination", delay_until=TODAY + timedelta(days=1))  # tomorrow
+        w.triage(patients[3], "hpv", "delay_vaccination", delay_until=TODAY, invalidated=True)
+        w.triage(patients[4], "hpv", "needs_follow_up", delay_until=TODAY)  # bad input: not a delay
+        conn.execute(sa.text("DELETE FROM session_dates"))  # no sessions: only the delays ask for a run
+    monkeypatch.setenv("PSO_NOW", NOW.isoformat())
+    result = day_change_sensor.evaluate_tick(sensor_context(database_url, instance,
+                                                            (TODAY - timedelta(days=3)).isoformat()))
+    [request] = result.run_requests
+    assert request.run_key == f"day_change:{TODAY.isoformat()}:delays" and result.cursor == TODAY.isoformat()
+    config = request.run_config["ops"]["status_tables"]["config"]
+    assert (config["scope"], config["patient_ids"], config["today"]) == ("patients", patients[:2], TODAY.isoformat())
+    assert [k.path[-1] for k in request.asset_selection] == ["patient_triage_statuses"]
+    # Handled up to yesterday: only today's ending.
+    result = day_change_sensor.evaluate_tick(sensor_context(database_url, instance,
+                                                            (TODAY - timedelta(days=1)).isoformat()))
+    assert result.run_requests[0].run_config["ops"]["status_tables"]["config"]["patient_ids"] == patients[:1]
+    # The run it asks for turns the expired delay into `required`.
+    refresh_everything(engine, table_names=["patient_triage_statuses"])
+    with engine.connect() as conn:
+        w.conn = conn
+        assert w.patient_status("patient_triage_statuses", patients[0], "hpv") == 1
+        assert w.patient_status("patient_triage_statuses", patients[2], "hpv") == 4
+
+
+def test_day_change_after_a_rollover_slept_through_refreshes_everything_once(world, database_url, instance,
+                                                                           monkeypatch):
+    """The daemon was down from 20 August to 5 September: one run of every table over every programme."""
+    monkeypatch.setenv("PSO_NOW", "2027-09-05T09:00:00+00:00")
+    result = day_change_sensor.evaluate_tick(sensor_context(database_url, instance, "2027-08-20"))
+    [request] = result.run_requests
+    assert request.run_key == "day_change:2027-09-05" and result.cursor == "2027-09-05"
+    assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
+    assert {k.path[-1] for k in request.asset_selection} == {
+        "patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
+        "patient_session_session_statuses", "patient_session_registration_statuses"}
+    assert (request.tags[ASSET_PARTITION_RANGE_START_TAG], request.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+        "flu", "td_ipv")
+
+
 @pytest.mark.parametrize("handled", [None, (TODAY - timedelta(days=1)).isoformat()])
 def test_day_change_waits_for_programme_partitions_without_losing_the_day(world, database_url, monkeypatch,
                                                                          handled):
@@ -493,7 +541,8 @@ def test_explain_prints_statuses_and_inputs_without_names(world, engine, capsys)
         explanation = explain_statuses(conn, world.patients[1], "hpv", TODAY)
     text = format_explanation(explanation)
     assert "patient_consent_statuses" in text and ": refused (recomputed: refused)" in text
-    assert "latest consents (L):" in text and "response=1" in text
+    assert "consents (the academic year each counts in" in text and "response=1" in text
+    assert "academic year judged 2026" in text and "counts: in L(2026)" in text
     for name in ("Testy", "Fakename", "Parent One"):
         assert name not in text
     from orchestration.cli import main

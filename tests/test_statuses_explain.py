@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assets.statuses import explain_statuses, format_explanation
+from assets.statuses.explain import CONSENTS
 from test_statuses_helpers import TODAY, World
 
 
@@ -19,11 +20,11 @@ def test_explain_numbers_respondents_and_shows_which_consents_are_in_l(engine):
         other = w.consent(p, "hpv", "given", parent_id=w.parent("Other Parent"), submitted=0)
     with engine.connect() as conn:
         explanation = explain_statuses(conn, p, "hpv", TODAY)
-    rows = explanation["inputs"]["valid consents by respondent (L keeps the latest of each)"]
+    rows = explanation["inputs"][CONSENTS]
     by_id = {r["consent_id"]: r for r in rows}
     assert by_id[first]["respondent"] == by_id[newer]["respondent"] != by_id[other]["respondent"]
-    assert {r["consent_id"] for r in rows if r["in_l"]} == {newer, other}
-    assert {r["consent_id"] for r in explanation["inputs"]["latest consents (L)"]} == {newer, other}
+    assert {r["consent_id"] for r in rows if r["why"].startswith("counts")} == {newer, other}
+    assert by_id[first]["why"] == "does not count: a later answer of the same respondent replaces it"
     text = format_explanation(explanation)
     assert "Same Name" not in text and "Other Parent" not in text and "Testy" not in text
 

@@ -18,7 +18,8 @@ BASE = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
 CONSENT_RESPONSE = {"given": 0, "refused": 1, "not_provided": 2}
 ROUTE = {"website": 0, "phone": 1, "paper": 2, "in_person": 3, "self_consent": 4}
-TRIAGE = {"ready_to_vaccinate": 0, "do_not_vaccinate": 1, "needs_follow_up": 2, "delay_vaccination": 3}
+TRIAGE = {"ready_to_vaccinate": 0, "do_not_vaccinate": 1, "needs_follow_up": 2, "delay_vaccination": 3,
+          "invite_to_clinic": 4}
 OUTCOME = {"administered": 0, "refused": 1, "not_well": 2, "contraindications": 3, "already_had": 4,
            "absent_from_school": 5, "absent_from_session": 6}
 
@@ -41,6 +42,11 @@ def sensor_context(database_url: str, instance, cursor: str | None = None):
 
 def at(days: float) -> datetime:
     return BASE + timedelta(days=days)
+
+
+def moment(when: float | datetime) -> datetime:
+    """A datetime as is, or a number of days after BASE."""
+    return when if isinstance(when, datetime) else at(when)
 
 
 class World:
@@ -82,26 +88,39 @@ class World:
 
     def consent(self, patient_id: int, programme: str, response: str, route: str = "website",
                 parent_id: int | None = None, submitted: float = 0, created: float | None = None,
-                health_yes: str | None = None, invalidated: bool = False, withdrawn: bool = False) -> int:
-        answers = [{"question": "Q1", "response": "no"}]
-        if health_yes is not None:
-            answers.append({"question": "Q2", "response": health_yes})
+                health_yes: str | None = None, invalidated: bool = False, withdrawn: bool = False,
+                answers: list | None = None, academic_year: int | None = None) -> int:
+        """`submitted`/`created`: days after BASE, or a datetime. `answers` replaces the default health
+        answers; `academic_year` (rules v2) is written only when given (older schemas lack the column)."""
+        if answers is None:
+            answers = [{"question": "Q1", "response": "no"}]
+            if health_yes is not None:
+                answers.append({"question": "Q2", "response": health_yes})
+        submitted_at = moment(submitted)
+        year_column, year_value = (", academic_year", ", :y") if academic_year is not None else ("", "")
         return self._id(
             "INSERT INTO consents (patient_id, programme_id, parent_id, response, route, health_answers, "
-            "invalidated_at, withdrawn_at, submitted_at, created_at) VALUES (:p, :pr, :pa, :r, :ro, "
-            "CAST(:h AS jsonb), :inv, :wd, :s, :c) RETURNING id",
+            f"invalidated_at, withdrawn_at, submitted_at, created_at{year_column}) VALUES (:p, :pr, :pa, :r, :ro, "
+            f"CAST(:h AS jsonb), :inv, :wd, :s, :c{year_value}) RETURNING id",
             p=patient_id, pr=self.programmes[programme], pa=parent_id, r=CONSENT_RESPONSE[response],
-            ro=ROUTE[route], h=json.dumps(answers), inv=at(submitted + 1) if invalidated else None,
-            wd=at(submitted) if withdrawn else None, s=at(submitted),
-            c=at(created if created is not None else submitted))
+            ro=ROUTE[route], h=json.dumps(answers), inv=submitted_at + timedelta(days=1) if invalidated else None,
+            wd=submitted_at if withdrawn else None, s=submitted_at,
+            c=moment(created) if created is not None else submitted_at, y=academic_year)
 
-    def triage(self, patient_id: int, programme: str, status: str, created: float = 0,
-               invalidated: bool = False) -> int:
+    def triage(self, patient_id: int, programme: str, status: str, created: float | datetime = 0,
+               invalidated: bool = False, academic_year: int | None = None,
+               delay_until: date | None = None) -> int:
+        """The rules-v2 columns are written only when given (older schemas lack them)."""
+        created_at = moment(created)
+        extra = {"academic_year": academic_year, "delay_vaccination_until": delay_until}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        columns = "".join(f", {k}" for k in extra)
+        values = "".join(f", :{k}" for k in extra)
         return self._id(
-            "INSERT INTO triages (patient_id, programme_id, status, invalidated_at, created_at) "
-            "VALUES (:p, :pr, :s, :inv, :c) RETURNING id",
+            f"INSERT INTO triages (patient_id, programme_id, status, invalidated_at, created_at{columns}) "
+            f"VALUES (:p, :pr, :s, :inv, :c{values}) RETURNING id",
             p=patient_id, pr=self.programmes[programme], s=TRIAGE[status],
-            inv=at(created + 1) if invalidated else None, c=at(created))
+            inv=created_at + timedelta(days=1) if invalidated else None, c=created_at, **extra)
 
     def record(self, patient_id: int, programme: str, outcome: str, performed: datetime | float = 0,
                session_id: int | None | str = "main", dose_sequence: int | None = None,

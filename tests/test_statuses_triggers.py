@@ -80,6 +80,16 @@ CASES = [
     ("triage updated", ["UPDATE triages SET status = 1 WHERE id = :triage1"], [(PATIENT, "p1", None)]),
     ("triage invalidated", ["UPDATE triages SET invalidated_at = now() WHERE id = :triage1"],
      [(PATIENT, "p1", None)]),
+    # v2 §1.8: the year of a consent or triage, and the end of a delay, decide what counts.
+    ("consent academic_year changed", ["UPDATE consents SET academic_year = 2027 WHERE id = :consent1"],
+     [(PATIENT, "p1", None)]),
+    ("consent submitted_at changed", ["UPDATE consents SET submitted_at = now() WHERE id = :consent1"],
+     [(PATIENT, "p1", None)]),
+    ("triage academic_year changed", ["UPDATE triages SET academic_year = 2027 WHERE id = :triage1"],
+     [(PATIENT, "p1", None)]),
+    ("triage delay_vaccination_until changed",
+     ["UPDATE triages SET status = 3, delay_vaccination_until = DATE '2026-12-01' WHERE id = :triage1"],
+     [(PATIENT, "p1", None)]),
     # Vaccination record created, edited or discarded.
     ("vaccination record created",
      ["INSERT INTO vaccination_records (patient_id, programme_id, session_id, outcome, performed_at) "
@@ -108,7 +118,10 @@ CASES = [
       "VALUES ('New', 'Child', DATE '2011-10-01', 2011)",
       "INSERT INTO patient_sessions (patient_id, session_id) "
       "SELECT max(id), :main FROM patients"],
-     [(PATIENT, "new_patient", None)]),
+     [(PATIENT, "new_patient", None)] * 2),
+    # v2 D6: every patient has patient-level rows, so a patient created (with no session) is requested.
+    ("patient created", ["INSERT INTO patients (given_name, family_name, date_of_birth, birth_academic_year) "
+                         "VALUES ('New', 'Child', DATE '2011-10-01', 2011)"], [(PATIENT, "new_patient", None)]),
     # The attendance rows cascade with it: the patient_sessions trigger alone covers the patient.
     ("patient_session removed", ["DELETE FROM patient_sessions WHERE id = :ps1"], [(PATIENT, "p1", None)]),
     ("school move: delete then insert",

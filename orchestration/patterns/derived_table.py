@@ -1,6 +1,6 @@
 """The *derived table* pattern: a table kept equal to a set-based computation over source tables.
 
-A declaration is SQL plus a little configuration (see orchestration/statuses_sql.py for five):
+A declaration is SQL plus a little configuration (see assets/statuses/sql.py for five):
 
     DerivedTable(
         name="patient_consent_statuses",

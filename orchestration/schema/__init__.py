@@ -136,6 +136,7 @@ from orchestration.schema.statuses import (
     session_programmes,
     sessions,
     status_refresh_requests,
+    status_rules,
     triages,
     vaccination_records,
 )
@@ -246,6 +247,7 @@ __all__ = [
     "sessions",
     "stats_settings",
     "status_refresh_requests",
+    "status_rules",
     "supported_disease",
     "sync_runs",
     "test_event",

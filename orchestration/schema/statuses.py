@@ -64,6 +64,7 @@ class TriageStatusInput(enum.IntEnum):
     DO_NOT_VACCINATE = 1
     NEEDS_FOLLOW_UP = 2
     DELAY_VACCINATION = 3
+    INVITE_TO_CLINIC = 4  # statuses-v2 D1 (migration 0006)
 
 
 class VaccinationOutcome(enum.IntEnum):
@@ -85,6 +86,7 @@ class ConsentStatus(enum.IntEnum):
     GIVEN = 1
     REFUSED = 2
     CONFLICTS = 3
+    NOT_REQUIRED = 4  # statuses-v2 C3: already vaccinated (migration 0006)
 
 
 class TriageStatus(enum.IntEnum):
@@ -95,6 +97,7 @@ class TriageStatus(enum.IntEnum):
     SAFE_TO_VACCINATE = 2
     DO_NOT_VACCINATE = 3
     DELAY_VACCINATION = 4
+    INVITE_TO_CLINIC = 5  # statuses-v2 D1 (migration 0006)
 
 
 class VaccinationStatus(enum.IntEnum):
@@ -116,6 +119,7 @@ class SessionStatus(enum.IntEnum):
     ABSENT_FROM_SESSION = 5
     UNWELL = 6
     ABSENT_FROM_SCHOOL = 7  # dropped upstream later; kept because its input outcome exists
+    CONFLICTING_CONSENT = 8  # statuses-v2 C4 (upstream's 7 collides; migration 0006)
 
 
 class RegistrationStatus(enum.IntEnum):
@@ -228,6 +232,8 @@ consents = Table(
     Column("withdrawn_at", TIMESTAMPTZ),
     Column("submitted_at", TIMESTAMPTZ, nullable=False, server_default=now_default()),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=now_default()),
+    # statuses-v2 C2 (migration 0006): the academic year the consent is for; NULL = derive it.
+    Column("academic_year", SmallInteger, nullable=True),
     CheckConstraint(sql_in("response", enum_codes(ConsentResponse)), name="response"),
     CheckConstraint(sql_in("route", enum_codes(ConsentRoute)), name="route"),
     Index(None, "patient_id", "programme_id"),
@@ -241,8 +247,14 @@ triages = Table(
     Column("status", SmallInteger, nullable=False),
     Column("invalidated_at", TIMESTAMPTZ),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=now_default()),
+    # statuses-v2 C2 and D2 (migration 0006): the triage's academic year (NULL = derive it), and the
+    # earliest date a delayed child may be vaccinated.
+    Column("academic_year", SmallInteger, nullable=True),
+    Column("delay_vaccination_until", Date, nullable=True),
     CheckConstraint(sql_in("status", enum_codes(TriageStatusInput)), name="status"),
     Index(None, "patient_id", "programme_id"),
+    # The day-change sensor looks up the delays ending on the days it handles.
+    Index(None, "delay_vaccination_until", postgresql_where=text("delay_vaccination_until IS NOT NULL")),
 )
 
 vaccination_records = Table(
@@ -318,4 +330,14 @@ status_refresh_requests = Table(
     ),
     # The sensor reads the oldest pending requests; processed ones are never scanned.
     Index("ix_status_refresh_requests_pending", "id", postgresql_where=text("processed_at IS NULL")),
+)
+
+# One row: the version of the status rules the caches were last fully computed under (statuses-v2,
+# migration 0006). When the code's rules version differs, one full refresh is requested.
+status_rules = Table(
+    "status_rules", metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("version", SmallInteger, nullable=False),
+    Column("recorded_at", TIMESTAMPTZ, nullable=False, server_default=now_default()),
+    CheckConstraint("id = 1", name="single_row"),
 )

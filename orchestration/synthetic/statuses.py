@@ -1,5 +1,7 @@
-"""Synthetic Mavis data (domain.md §1.2): schools' sessions, patients across year groups, parents,
-consents, triages, vaccination records of every outcome, attendances (incl. today).
+"""Synthetic Mavis data (domain.md §1.2, statuses-v2.md): schools' sessions, patients across year groups,
+parents, consents, triages, vaccination records of every outcome, attendances (incl. today), and the
+previous academic year (a flu session per school with last year's consents, triages and doses, none of
+which count this year under rules v2).
 
 Demo scale: 3,000 patients. Scale 20 (bench): 60,000 patients, ~51,000 of them (years 0–11) in flu.
 Names are obviously fake. Ids are assigned here (COPY needs them for foreign keys) above the
@@ -120,24 +122,24 @@ def generate(ctx) -> None:
                 self_consent = p[1] >= 9 and rng.random() < 0.05
                 response = rng.choices((0, 1, 2), weights=(75, 20, 5))[0]
                 withdrawn = response == 1 and rng.random() < 0.15
-                answers = [{"question": "Does your child have any allergies?", "response": "no"},
-                           {"question": "Does your child take any medicines?",
-                            "response": rng.choice(("Yes", "yes")) if rng.random() < 0.1 else "no"}]
+                medicines = {"question": "Does your child take any medicines?",
+                             "response": rng.choice(("Yes", "yes")) if rng.random() < 0.1 else "no"}
+                if rng.random() < 0.3:
+                    medicines["would_require_triage"] = False  # v2 D5: a "yes" that needs no triage
+                answers = [{"question": "Does your child have any allergies?", "response": "no"}, medicines]
                 submitted = past(60)
                 consents.append((
                     p[0], programme_ids[programme], None if self_consent else rng.choice(parents[p[0]]),
                     response, 4 if self_consent else rng.choice((0, 0, 1, 2, 3)), json.dumps(answers),
                     submitted + timedelta(hours=1) if rng.random() < 0.05 else None,
                     submitted if withdrawn else None, submitted, submitted,
+                    # v2 C2: half written by the app with the session's year, half left to be derived.
+                    academic_year(submitted.astimezone(LONDON).date()) if rng.random() < 0.5 else None,
                 ))
             if rng.random() < 0.12:
                 for _ in range(rng.choice((1, 1, 2))):
-                    created = past(30)
-                    triages.append((p[0], programme_ids[programme], rng.randint(0, 3),
-                                    created + timedelta(hours=2) if rng.random() < 0.1 else None, created))
-    ctx.copy("consents", ["patient_id", "programme_id", "parent_id", "response", "route", "health_answers",
-                          "invalidated_at", "withdrawn_at", "submitted_at", "created_at"], consents)
-    ctx.copy("triages", ["patient_id", "programme_id", "status", "invalidated_at", "created_at"], triages)
+                    triages.append(_triage(rng, p[0], programme_ids[programme], past(30), today))
+    _copy_consents_and_triages(ctx, consents, triages)
 
     # Vaccination records of every outcome, in sessions already held (never in the future).
     records, attendances = [], []
@@ -169,5 +171,64 @@ def generate(ctx) -> None:
                                      "dose_sequence", "discarded_at", "created_at"], records)
     ctx.copy("session_attendances", ["patient_session_id", "session_date_id", "attending"], attendances)
 
+    last_year(ctx, programme_ids["flu"], schools, patients, parents)
     for table in ("sessions", "session_dates", "patients", "parents", "patient_sessions"):
         _bump_sequence(conn, table)
+
+
+def _triage(rng, patient_id: int, programme_id: int, created: datetime, today: date) -> tuple:
+    """A triage row of any input status (v2: invite_to_clinic 4); a delay usually ends on a date (D2),
+    some of them already past."""
+    status = rng.randint(0, 4)
+    until = today + timedelta(days=rng.randint(-10, 20)) if status == 3 and rng.random() < 0.8 else None
+    return (patient_id, programme_id, status, created + timedelta(hours=2) if rng.random() < 0.1 else None,
+            created, None, until)
+
+
+def _copy_consents_and_triages(ctx, consents: list[tuple], triages: list[tuple]) -> None:
+    ctx.copy("consents", ["patient_id", "programme_id", "parent_id", "response", "route", "health_answers",
+                          "invalidated_at", "withdrawn_at", "submitted_at", "created_at", "academic_year"], consents)
+    ctx.copy("triages", ["patient_id", "programme_id", "status", "invalidated_at", "created_at", "academic_year",
+                         "delay_vaccination_until"], triages)
+
+
+def last_year(ctx, flu_id: int, schools: int, patients: list[tuple], parents: dict[int, list[int]]) -> None:
+    """The previous academic year: per school a flu session held last autumn, with the children then in flu
+    year groups; their consents (some with the stored year), a few triages, and doses given there (mostly
+    administered). Under rules v2 none of it counts this year: last year's flu doses no longer make a child
+    vaccinated, and last year's consents and triages no longer count."""
+    conn, rng, today = ctx.conn, ctx.rng, ctx.today
+    previous = academic_year(today) - 1
+    session_id, sd_id, ps_id = (_next_id(conn, t) for t in ("sessions", "session_dates", "patient_sessions"))
+    held = {}  # school → (session id, session date id, date)
+    for school in range(schools):
+        held[school] = (session_id + school, sd_id + school,
+                        date(previous, 10, 1) + timedelta(days=rng.randint(0, 60)))
+    ctx.copy("sessions", ["id"], ((s,) for s, _, _ in held.values()))
+    ctx.copy("session_programmes", ["session_id", "programme_id", "created_at"],
+             ((s, flu_id, ctx.now) for s, _, _ in held.values()))
+    ctx.copy("session_dates", ["id", "session_id", "value"], ((d, s, v) for s, d, v in held.values()))
+    patient_sessions, consents, triages, records, attendances = [], [], [], [], []
+    for p in patients:
+        if not 0 <= p[1] - 1 <= 11 or rng.random() < 0.2:
+            continue  # not in a flu year group last year, or not at that session
+        sid, sdid, day = held[p[2]]
+        patient_sessions.append((ps_id, p[0], sid))
+        at_noon = datetime.combine(day, time(12), tzinfo=LONDON).astimezone(timezone.utc)
+        if rng.random() < 0.7:
+            submitted = at_noon - timedelta(days=rng.randint(5, 30))
+            consents.append((p[0], flu_id, rng.choice(parents[p[0]]), rng.choices((0, 1), weights=(85, 15))[0], 0,
+                             json.dumps([{"question": "Does your child have asthma?", "response": "no"}]),
+                             None, None, submitted, submitted, previous if rng.random() < 0.5 else None))
+        if rng.random() < 0.05:
+            triages.append(_triage(rng, p[0], flu_id, at_noon - timedelta(days=2), today))
+        if rng.random() < 0.6:
+            outcome = rng.choices((0, 4, 2), weights=(85, 5, 10))[0]
+            records.append((p[0], flu_id, sid, outcome, at_noon, None, None, at_noon))
+            attendances.append((ps_id, sdid, True))
+        ps_id += 1
+    ctx.copy("patient_sessions", ["id", "patient_id", "session_id"], patient_sessions)
+    _copy_consents_and_triages(ctx, consents, triages)
+    ctx.copy("vaccination_records", ["patient_id", "programme_id", "session_id", "outcome", "performed_at",
+                                     "dose_sequence", "discarded_at", "created_at"], records)
+    ctx.copy("session_attendances", ["patient_session_id", "session_date_id", "attending"], attendances)

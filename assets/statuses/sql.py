@@ -7,17 +7,28 @@ the London date of the run):
     :batch_first, :batch_last  bigint  the batch's lowest and highest id (bound index scans)
     :programme_id   bigint    the programme partition being refreshed
     :today          date      Europe/London date of the run (session rule 5, registration)
-    :academic_year  int       academic_year(today) (year groups → eligibility)
+    :academic_year  int       Y = academic_year(today): the year the patient-level rows are judged in
+                              (and the year of a session without dates)
     :session_ids    bigint[]  NULL, or only these sessions' patient_sessions (session scope)
 
-The SQL is assembled here from constant fragments (no values are ever formatted in). Each CTE below
-is read once by the statement that includes it, so none is MATERIALIZED: Postgres plans it into the
-statement instead of copying its rows first (about 2% of an empty-cache batch's instructions).
+The SQL is assembled here from constant fragments (no values are ever formatted in). Most CTEs below
+are read once by the statement that includes it, so they are not MATERIALIZED: Postgres plans them into
+the statement instead of copying their rows first (about 2% of an empty-cache batch's instructions);
+the exception is named where it is made.
+
+Rules v2 (statuses-v2.md): a patient is judged in several academic years at once: Y for the
+patient-level rows and each Y_s of their patient_sessions for the session rows, so the per-patient facts
+are keyed by (patient_id, year).
 """
 
 from __future__ import annotations
 
+from orchestration.clock import academic_year_sql, london_date_sql
 from orchestration.patterns.derived_table import BatchFacts, DerivedTable
+
+# The version of the rules below (statuses-v2.md = 2). Change it with the rules: the next tick of the
+# refresh-request sensor then queues one full refresh, which records it in `status_rules`.
+RULES_VERSION = 2
 
 # app/models/programme.rb: eligible year groups per programme type.
 PROGRAMME_YEAR_GROUPS = {"flu": (0, 11), "hpv": (8, 11), "menacwy": (9, 11), "td_ipv": (9, 11)}
@@ -45,16 +56,16 @@ SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
 
 
 # Whole years on `day`, as clock.age_on (a 29 February birthday is reached on 1 March in other years).
-def _age(dob: str, day: str) -> str:
+def age_sql(dob: str, day: str) -> str:
     return (f"(extract(year FROM {day})::int - extract(year FROM {dob})::int - "
             f"CASE WHEN (extract(month FROM {day}), extract(day FROM {day})) "
             f"< (extract(month FROM {dob}), extract(day FROM {dob})) THEN 1 ELSE 0 END)")
 
 
 # Given at age 10 or over (Postgres's `date + 10 years` would put a 29 February 10th birthday on 28 February).
-_TEN_OR_OVER = f"{_age('pt.date_of_birth', 'r.performed_on')} >= 10"
+_TEN_OR_OVER = f"{age_sql('pt.date_of_birth', 'r.performed_on')} >= 10"
 
-# Programmes each patient of the batch is eligible for (by year group today).
+# Programmes each patient of the batch is eligible for (by year group in Y).
 ELIGIBLE_CTE = f"""
 year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
 eligible AS (
@@ -66,26 +77,77 @@ eligible AS (
       AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
-# The batch's patient_sessions (in the scope's sessions): read once, joined by four of the queries below.
+# Y_s of a session (v2 §1.4): the academic year of its earliest date; a session without dates is judged
+# in Y (decision 1; a session dated across 1 September takes its earliest date's year, decision 7).
+def session_year_sql(session_id: str) -> str:
+    return (f"coalesce((SELECT {academic_year_sql('min(sd.value)')} FROM session_dates AS sd "
+            f"WHERE sd.session_id = {session_id}), CAST(:academic_year AS int))")
+
+
+# The batch's patient_sessions (in the scope's sessions) with their session's year Y_s and the patient's
+# birth year: read once, joined by most of the queries below. (Every session's year is aggregated and
+# hash-joined: half the time of a lookup per patient_session.)
 BATCH_PATIENT_SESSIONS_SQL = f"""
-    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id FROM patient_sessions AS ps
+    SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id,
+           coalesce(sy.year, CAST(:academic_year AS int)) AS session_year, pt.birth_academic_year
+    FROM patient_sessions AS ps
+    JOIN patients AS pt ON pt.id = ps.patient_id
+    LEFT JOIN (SELECT sd.session_id, {academic_year_sql('min(sd.value)')} AS year FROM session_dates AS sd
+               GROUP BY sd.session_id) AS sy ON sy.session_id = ps.session_id
     WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}"""
 
-# A patient_session's programmes: its session's programmes the patient is eligible for (reads the batch
-# facts `batch_patient_sessions` and `eligible`).
-PATIENT_SESSION_PROGRAMMES_CTE = """
+# A patient_session's programmes: its session's programmes whose year groups include the patient's year
+# group in Y_s (D7; reads the batch fact `batch_patient_sessions`).
+PATIENT_SESSION_PROGRAMMES_CTE = f"""
+year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
 patient_session_programmes AS (
-    SELECT ps.patient_session_id, ps.patient_id, ps.session_id, sp.programme_id
+    SELECT ps.patient_session_id, ps.patient_id, ps.session_id, ps.session_year, sp.programme_id
     FROM batch_patient_sessions AS ps
     JOIN session_programmes AS sp ON sp.session_id = ps.session_id
-    WHERE EXISTS (SELECT 1 FROM eligible AS e WHERE e.patient_id = ps.patient_id AND e.programme_id = sp.programme_id)
+    JOIN programmes AS pr ON pr.id = sp.programme_id
+    JOIN year_groups AS yg ON yg.type = pr.type
+    WHERE ps.session_year - ps.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
-# §1.4 latest consents L, their aggregates, the latest triage, Vaccinated — for :programme_id.
-PATIENT_INPUTS_CTES = f"""
-programme AS (SELECT id, type FROM programmes WHERE id = {PROGRAMME}),
+# statuses-v2 §1.4: the academic year each input counts in. cy(c) and ty(t) are the stored year, else the
+# year of the London date of submitted_at / created_at; ry(v) is the year of performed_at's London date.
+CONSENT_YEAR = f"coalesce(c.academic_year, {academic_year_sql(london_date_sql('c.submitted_at'))})"
+TRIAGE_YEAR = f"coalesce(t.academic_year, {academic_year_sql(london_date_sql('t.created_at'))})"
+RECORD_YEAR = academic_year_sql(london_date_sql("vr.performed_at"))
+# Programmes whose vaccination history alone can ask for triage (D3); the others' records count in R(y).
+HISTORY_TRIAGE_TYPES = ("menacwy", "td_ipv")
+SEASONAL_TYPES = ("flu",)  # C1: counts only in its own academic year
+
+
+def sql_list(values) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+# triage_needed(c) (v2 §1.4, D5): a given consent with a "yes" answer (any case) to a question that
+# requires triage; only the JSON value false switches triage off (a missing key or null counts as true).
+def triage_needed(consent: str) -> str:
+    return f"""({consent}.response = 0 AND EXISTS (
+        SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({consent}.health_answers) = 'array'
+                                                THEN {consent}.health_answers ELSE '[]'::jsonb END) AS h
+        WHERE lower(h ->> 'response') = 'yes' AND (h -> 'would_require_triage') IS DISTINCT FROM 'false'::jsonb))"""
+
+
+# The years a batch patient is judged in: Y (academic_year(today)) for the patient-level tables, and each
+# Y_s of their patient_sessions (reads the batch fact `batch_patient_sessions`).
+PATIENT_YEARS_CTE = """
+patient_years AS (
+    SELECT id AS patient_id, CAST(:academic_year AS int) AS year FROM batch_ids
+    UNION ALL
+    SELECT DISTINCT patient_id, session_year FROM batch_patient_sessions
+    WHERE session_year <> CAST(:academic_year AS int)
+)"""
+
+# v2 §1.4 latest consents L(y) for every year y at once (step 2a: a consent counts only in cy), their
+# aggregates, and the latest triage(y) — for :programme_id.
+CONSENT_CTES = f"""
 named_consents AS (
     SELECT c.id, c.patient_id, c.response, c.route, c.health_answers, c.submitted_at, c.created_at,
+           {CONSENT_YEAR} AS year,
            -- Only self-consents need the patient's name: a lookup for those rows, not a join for all.
            CASE WHEN c.route = 4 THEN (SELECT pt.given_name || ' ' || pt.family_name FROM patients AS pt
                                       WHERE pt.id = c.patient_id)
@@ -96,12 +158,12 @@ named_consents AS (
       AND c.invalidated_at IS NULL AND c.response <> 2
 ),
 latest_consents AS (
-    SELECT DISTINCT ON (patient_id, respondent) *
+    SELECT DISTINCT ON (patient_id, year, respondent) *
     FROM named_consents
-    ORDER BY patient_id, respondent, submitted_at DESC, created_at DESC, id DESC
+    ORDER BY patient_id, year, respondent, submitted_at DESC, created_at DESC, id DESC
 ),
 consent_facts AS (
-    SELECT patient_id,
+    SELECT patient_id, year,
            count(*) AS n_latest,
            count(*) FILTER (WHERE route = 4) AS n_self,
            count(*) FILTER (WHERE route <> 4) AS n_parent,
@@ -113,15 +175,13 @@ consent_facts AS (
            coalesce(bool_or(response = 1) FILTER (WHERE route <> 4), false) AS parent_any_refused,
            bool_and(response = 1) AS all_refused,
            bool_or(response = 1) AS any_refused,
-           bool_or(response = 0 AND EXISTS (
-               SELECT 1 FROM jsonb_array_elements(
-                   CASE WHEN jsonb_typeof(health_answers) = 'array' THEN health_answers ELSE '[]'::jsonb END) AS h
-               WHERE lower(h ->> 'response') = 'yes')) AS any_triage_needed
+           bool_or({triage_needed('latest_consents')}) AS any_triage_needed
     FROM latest_consents
-    GROUP BY patient_id
+    GROUP BY patient_id, year
 ),
+-- Consent rules 2–5 (rule 1, Vaccinated(y) → not_required, is applied in patient_facts).
 consent_status AS (
-    SELECT patient_id, n_latest, all_refused, any_refused, any_triage_needed,
+    SELECT patient_id, year, any_refused, any_triage_needed,
            CASE
                WHEN (n_self > 0 AND self_all_given) OR (n_self = 0 AND n_parent > 0 AND parent_all_given) THEN 1
                WHEN n_latest > 0 AND all_refused THEN 2
@@ -132,78 +192,105 @@ consent_status AS (
     FROM consent_facts
 ),
 latest_triage AS (
-    SELECT DISTINCT ON (patient_id) patient_id, status
-    FROM triages
-    WHERE {in_batch('patient_id')} AND programme_id = {PROGRAMME} AND invalidated_at IS NULL
-    ORDER BY patient_id, created_at DESC, id DESC
-),
+    SELECT DISTINCT ON (t.patient_id, {TRIAGE_YEAR}) t.patient_id, {TRIAGE_YEAR} AS year, t.status,
+           t.delay_vaccination_until
+    FROM triages AS t
+    WHERE {in_batch('t.patient_id')} AND t.programme_id = {PROGRAMME} AND t.invalidated_at IS NULL
+    ORDER BY t.patient_id, {TRIAGE_YEAR}, t.created_at DESC, t.id DESC
+)"""
+
+KEPT_RECORDS_CTE = f"""
 kept_records AS (
     SELECT vr.id, vr.patient_id, vr.session_id, vr.outcome, vr.performed_at, vr.dose_sequence,
-           (vr.performed_at AT TIME ZONE 'Europe/London')::date AS performed_on
+           {london_date_sql('vr.performed_at')} AS performed_on, {RECORD_YEAR} AS year
     FROM vaccination_records AS vr
     WHERE {in_batch('vr.patient_id')} AND vr.programme_id = {PROGRAMME}
       AND vr.discarded_at IS NULL
+)"""
+
+# Vaccinated(y) over R(y): the kept records of year y (flu) or of years up to y (the others).
+VACCINATED_CTE = f"""
+programme AS (SELECT id, type FROM programmes WHERE id = {PROGRAMME}),
+counted_records AS (
+    SELECT y.patient_id, y.year, r.outcome, r.dose_sequence, r.session_id, r.performed_on
+    FROM patient_years AS y
+    CROSS JOIN programme AS p
+    JOIN kept_records AS r ON r.patient_id = y.patient_id
+     AND (r.year = y.year OR (p.type NOT IN ({sql_list(SEASONAL_TYPES)}) AND r.year < y.year))
 ),
 vaccinated AS (
-    SELECT r.patient_id,
+    SELECT r.patient_id, r.year,
            bool_or(r.outcome = 0) AS any_administered,
            bool_or(r.outcome = 4) OR CASE p.type
                WHEN 'menacwy' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER}), false)
-               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER} AND (r.dose_sequence = 5
-                                     OR (r.dose_sequence IS NULL AND r.session_id IS NOT NULL))), false)
+               -- D4: a dose 5, or any dose recorded in a session, at 10 or over completes the course.
+               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER}
+                                                   AND (r.dose_sequence = 5 OR r.session_id IS NOT NULL)), false)
                ELSE bool_or(r.outcome = 0)
            END AS vaccinated
-    FROM kept_records AS r JOIN patients AS pt ON pt.id = r.patient_id CROSS JOIN programme AS p
-    GROUP BY r.patient_id, p.type
+    FROM counted_records AS r JOIN patients AS pt ON pt.id = r.patient_id CROSS JOIN programme AS p
+    GROUP BY r.patient_id, r.year, p.type
 )"""
 
-# Patient-level facts joined once per patient of the batch.
+# kept_records is MATERIALIZED here: R(y) joins each record to every year judged, and a copy with its year
+# computed once costs less than recomputing the year per (record, year) pair (40% of `vaccinated`).
+PATIENT_INPUTS_CTES = (f"{PATIENT_YEARS_CTE}, {CONSENT_CTES}, "
+                       f"{KEPT_RECORDS_CTE.replace('kept_records AS (', 'kept_records AS MATERIALIZED (', 1)}, "
+                       f"{VACCINATED_CTE}")
+
+# Per batch patient and year judged: Vaccinated(y), consent_status(y) (rule 1 first), L(y)'s facts, the
+# latest triage(y), and whether the vaccination history asks for triage (D3: menacwy and td_ipv only).
 PATIENT_FACTS_CTE = f"""
 patient_facts AS (
-    SELECT pt.id AS patient_id,
+    SELECT y.patient_id, y.year,
            coalesce(v.vaccinated, false) AS vaccinated,
-           coalesce(v.any_administered, false) AS any_administered,
-           coalesce(cs.status, 0) AS consent_status,
-           coalesce(cs.n_latest, 0) AS n_latest,
-           coalesce(cs.all_refused, false) AS all_refused,
+           CASE WHEN coalesce(v.vaccinated, false) THEN 4 ELSE coalesce(cs.status, 0) END AS consent_status,
            coalesce(cs.any_refused, false) AS any_refused,
            coalesce(cs.any_triage_needed, false) AS any_triage_needed,
-           lt.status AS latest_triage
-    FROM patients AS pt
-    LEFT JOIN vaccinated AS v ON v.patient_id = pt.id
-    LEFT JOIN consent_status AS cs ON cs.patient_id = pt.id
-    LEFT JOIN latest_triage AS lt ON lt.patient_id = pt.id
-    WHERE {in_batch('pt.id')}
+           (p.type IN ({sql_list(HISTORY_TRIAGE_TYPES)}) AND coalesce(v.any_administered AND NOT v.vaccinated, false))
+               AS history_needs_triage,
+           lt.status AS latest_triage,
+           lt.delay_vaccination_until
+    FROM patient_years AS y
+    CROSS JOIN programme AS p
+    LEFT JOIN vaccinated AS v ON v.patient_id = y.patient_id AND v.year = y.year
+    LEFT JOIN consent_status AS cs ON cs.patient_id = y.patient_id AND cs.year = y.year
+    LEFT JOIN latest_triage AS lt ON lt.patient_id = y.patient_id AND lt.year = y.year
 )"""
 
 CONSENT_STATUS_EXPR = "f.consent_status"
 
+# D2: a delay_vaccination triage expires ON its delay_vaccination_until date (then: required).
 TRIAGE_STATUS_EXPR = """CASE
     WHEN f.vaccinated THEN 0
     WHEN f.latest_triage = 0 THEN 2
     WHEN f.latest_triage = 1 THEN 3
-    WHEN f.latest_triage = 3 THEN 4
-    WHEN f.latest_triage = 2 THEN 1
-    WHEN f.consent_status = 1 AND (f.any_triage_needed OR (f.any_administered AND NOT f.vaccinated)) THEN 1
+    WHEN f.latest_triage = 3 AND (f.delay_vaccination_until IS NULL
+                                  OR f.delay_vaccination_until > CAST(:today AS date)) THEN 4
+    WHEN f.latest_triage = 4 THEN 5
+    WHEN f.latest_triage IN (2, 3) THEN 1
+    WHEN f.consent_status = 1 AND (f.any_triage_needed OR f.history_needs_triage) THEN 1
     ELSE 0
 END"""
 
-# Rule 2 reads the LATEST triage (fix of the `.last`-of-newest-first bug at 62b5be2e4).
+# Rule 2 reads the LATEST triage (fix of the `.last`-of-newest-first bug at 62b5be2e4), and ANY of L(Y).
 VACCINATION_STATUS_EXPR = """CASE
     WHEN f.vaccinated THEN 1
     WHEN f.any_refused OR f.latest_triage = 1 THEN 2
     ELSE 0
 END"""
 
-# Session status: per patient_session × programme. PR #3304 fix: rule 4 needs ALL of L refused.
+# Session status, per patient_session × programme, judged in Y_s (f is the patient's facts for Y_s).
+# Rule 4 and 8 read consent_status(Y_s), so a patient vaccinated by Y_s is neither refused nor conflicting.
 SESSION_STATUS_EXPR = """CASE
     WHEN lr.outcome = 0 THEN 1
     WHEN lr.outcome = 4 THEN 2
     WHEN lr.outcome = 3 OR f.latest_triage = 1 THEN 3
-    WHEN lr.outcome = 1 OR (f.n_latest > 0 AND f.all_refused) THEN 4
+    WHEN lr.outcome = 1 OR f.consent_status = 2 THEN 4
     WHEN lr.outcome = 6 OR att.attending = false THEN 5
     WHEN lr.outcome = 2 THEN 6
     WHEN lr.outcome = 5 THEN 7
+    WHEN f.consent_status = 3 THEN 8
     ELSE 0
 END"""
 
@@ -226,7 +313,7 @@ todays_attendance AS (
                             AND sd.value = CAST(:today AS date)
 )"""
 
-# The outcome of each patient's latest kept record per session (needs PATIENT_INPUTS_CTES).
+# The outcome of each patient's latest kept record per session (needs KEPT_RECORDS_CTE).
 LATEST_SESSION_RECORD_CTE = """
 latest_session_record AS (
     SELECT DISTINCT ON (r.patient_id, r.session_id) r.patient_id, r.session_id, r.outcome
@@ -253,18 +340,18 @@ programme_done AS (
 
 # Facts several tables read, materialised once per batch (temp tables of these names), in this order.
 BATCH_PATIENT_SESSIONS_FACTS = BatchFacts("batch_patient_sessions", BATCH_PATIENT_SESSIONS_SQL,
-                                          ("patient_session_id", "patient_id", "session_id"))
+                                          ("patient_session_id", "patient_id", "session_id", "session_year"))
 ELIGIBLE_FACTS = BatchFacts("eligible", f"WITH {ELIGIBLE_CTE} SELECT patient_id, programme_id FROM eligible",
                             ("patient_id", "programme_id"))
+# These read batch facts declared above, so come after them.
 PATIENT_FACTS = BatchFacts("patient_facts", f"WITH {PATIENT_INPUTS_CTES}, {PATIENT_FACTS_CTE} SELECT * FROM patient_facts",
-                           ("patient_id",))
+                           ("patient_id", "year"))
 LATEST_SESSION_RECORD_FACTS = BatchFacts(
     "latest_session_record",
-    f"WITH {PATIENT_INPUTS_CTES}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record",
+    f"WITH {KEPT_RECORDS_CTE}, {LATEST_SESSION_RECORD_CTE} SELECT * FROM latest_session_record",
     ("patient_id", "session_id"))
 TODAYS_ATTENDANCE_FACTS = BatchFacts("todays_attendance", f"WITH {TODAYS_ATTENDANCE_CTE} SELECT * FROM todays_attendance",
                                      ("patient_session_id",))
-# These read batch facts declared above, so come after them.
 PATIENT_SESSION_PROGRAMMES_FACTS = BatchFacts(
     "patient_session_programmes", f"WITH {PATIENT_SESSION_PROGRAMMES_CTE} SELECT * FROM patient_session_programmes",
     ("patient_session_id", "programme_id", "patient_id"))
@@ -273,44 +360,45 @@ PROGRAMME_DONE_FACTS = BatchFacts("programme_done", f"WITH {PROGRAMME_DONE_CTE} 
 
 
 def _patient_level(name: str, status_expr: str, description: str) -> DerivedTable:
-    """Consent, triage and vaccination: one row per patient × eligible programme (§1.6)."""
+    """Consent, triage and vaccination: one row per patient × programme eligible in Y (§1.6, D6), judged in Y."""
     return DerivedTable(
         name=name,
         key_columns=("patient_id", "programme_id"),
         description=description,
-        batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS),
+        batch_facts=(BATCH_PATIENT_SESSIONS_FACTS, ELIGIBLE_FACTS, PATIENT_FACTS),
         expected_sql=f"SELECT patient_id, programme_id FROM eligible WHERE programme_id = {PROGRAMME}",
         existing_sql=f"""
             SELECT s.id AS row_id, s.patient_id, s.programme_id, s.status AS cached FROM {name} AS s
             WHERE {in_batch('s.patient_id')} AND s.programme_id = {PROGRAMME}""",
-        value_joins="JOIN patient_facts AS f ON f.patient_id = k.patient_id",
+        value_joins="JOIN patient_facts AS f ON f.patient_id = k.patient_id AND f.year = CAST(:academic_year AS int)",
         value_expr=status_expr,
     )
 
 
-consent_statuses = _patient_level("patient_consent_statuses", CONSENT_STATUS_EXPR, "§1.5 consent")
-triage_statuses = _patient_level("patient_triage_statuses", TRIAGE_STATUS_EXPR, "§1.5 triage (mid-2025 rules)")
+consent_statuses = _patient_level("patient_consent_statuses", CONSENT_STATUS_EXPR, "consent status (rules v2)")
+triage_statuses = _patient_level("patient_triage_statuses", TRIAGE_STATUS_EXPR, "triage status (rules v2)")
 vaccination_statuses = _patient_level("patient_vaccination_statuses", VACCINATION_STATUS_EXPR,
-                                      "§1.5 vaccination (programme)")
+                                      "vaccination (programme) status (rules v2)")
 
-# One row per programme of each patient_session (§1.6, the July 2025 fix).
+# One row per programme of each patient_session (§1.6, the July 2025 fix; programmes in Y_s, D7).
 session_statuses = DerivedTable(
     name="patient_session_session_statuses",
     key_columns=("patient_session_id", "programme_id"),
-    context_columns=("patient_id", "session_id"),
-    description="§1.5 session status, per patient_session × programme",
-    batch_facts=(ELIGIBLE_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS, BATCH_PATIENT_SESSIONS_FACTS,
+    context_columns=("patient_id", "session_id", "session_year"),
+    description="session status (rules v2), per patient_session × programme",
+    batch_facts=(BATCH_PATIENT_SESSIONS_FACTS, PATIENT_FACTS, LATEST_SESSION_RECORD_FACTS,
                  TODAYS_ATTENDANCE_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS),
     expected_sql=f"""
-        SELECT patient_session_id, programme_id, patient_id, session_id FROM patient_session_programmes
+        SELECT patient_session_id, programme_id, patient_id, session_id, session_year FROM patient_session_programmes
         WHERE programme_id = {PROGRAMME}""",
     existing_sql=f"""
-        SELECT s.id AS row_id, s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id, s.status AS cached
+        SELECT s.id AS row_id, s.patient_session_id, s.programme_id, ps.patient_id, ps.session_id, ps.session_year,
+               s.status AS cached
         FROM batch_patient_sessions AS ps
         JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.patient_session_id
         WHERE s.programme_id = {PROGRAMME}""",
     value_joins="""
-        JOIN patient_facts AS f ON f.patient_id = k.patient_id
+        JOIN patient_facts AS f ON f.patient_id = k.patient_id AND f.year = k.session_year
         LEFT JOIN latest_session_record AS lr ON lr.patient_id = k.patient_id AND lr.session_id = k.session_id
         LEFT JOIN todays_attendance AS att ON att.patient_session_id = k.patient_session_id""",
     value_expr=SESSION_STATUS_EXPR,
@@ -322,9 +410,9 @@ session_statuses = DerivedTable(
 registration_statuses = DerivedTable(
     name="patient_session_registration_statuses",
     key_columns=("patient_session_id",),
-    description="§1.5 registration status, per patient_session",
-    batch_facts=(ELIGIBLE_FACTS, BATCH_PATIENT_SESSIONS_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS,
-                 TODAYS_ATTENDANCE_FACTS, PROGRAMME_DONE_FACTS),
+    description="registration status, per patient_session",
+    batch_facts=(BATCH_PATIENT_SESSIONS_FACTS, PATIENT_SESSION_PROGRAMMES_FACTS, TODAYS_ATTENDANCE_FACTS,
+                 PROGRAMME_DONE_FACTS),
     expected_sql=f"""
         SELECT DISTINCT patient_session_id FROM patient_session_programmes WHERE programme_id = {PROGRAMME}""",
     existing_sql=f"""
@@ -357,7 +445,7 @@ ALL_PATIENTS_SQL = """
 # expected are still recomputed). A registration row always comes with a session row of the
 # partition that seeded it, so it is reached through that partition.
 PROGRAMME_PATIENTS_SQL = f"""
-    -- A union of three keyset-ordered index scans (each the next :limit ids of its kind), rather than
+    -- A union of four keyset-ordered index scans (each the next :limit ids of its kind), rather than
     -- per-patient EXISTS tests that Postgres answers by hashing both status tables on every batch.
     -- The eligible birth years are bound values (see eligible_birth_years), so the planner knows most
     -- patients match and walks the primary key from :after instead of sorting the whole table.
@@ -379,6 +467,15 @@ PROGRAMME_PATIENTS_SQL = f"""
          WHERE (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
            AND s.programme_id = {PROGRAMME}
          ORDER BY ps.patient_id LIMIT :limit)
+        UNION
+        -- D7: patients of the programme's sessions held in another academic year, whose year group
+        -- there may be eligible although it is not in Y (none in the usual case: an empty id set).
+        (SELECT DISTINCT ps.patient_id FROM patient_sessions AS ps
+         WHERE ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp
+                                 WHERE sp.programme_id = {PROGRAMME}
+                                   AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))
+           AND (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
+         ORDER BY ps.patient_id LIMIT :limit)
     ) AS candidates
     ORDER BY id LIMIT :limit"""
 SESSION_PATIENTS_SQL = """
@@ -386,52 +483,3 @@ SESSION_PATIENTS_SQL = """
     WHERE session_id = ANY(CAST(:session_ids AS bigint[]))
       AND (CAST(:after AS bigint) IS NULL OR patient_id > CAST(:after AS bigint))
     ORDER BY patient_id LIMIT :limit"""
-
-# Explain: the inputs that decide a patient's statuses for one programme (ids, codes, dates only).
-EXPLAIN_INPUTS = {
-    "latest consents (L)": f"""
-        WITH {PATIENT_INPUTS_CTES}
-        SELECT id AS consent_id, response, route, (route = 4) AS self_consent,
-               submitted_at, created_at,
-               EXISTS (SELECT 1 FROM jsonb_array_elements(
-                   CASE WHEN jsonb_typeof(health_answers) = 'array' THEN health_answers ELSE '[]'::jsonb END) AS h
-                   WHERE lower(h ->> 'response') = 'yes') AS triage_needed
-        FROM latest_consents ORDER BY submitted_at, id""",
-    # How L was chosen: respondents are numbered, not named (their names are personal data).
-    "valid consents by respondent (L keeps the latest of each)": f"""
-        WITH {PATIENT_INPUTS_CTES}
-        SELECT dense_rank() OVER (ORDER BY n.respondent) AS respondent, n.id AS consent_id, c.parent_id,
-               n.response, n.route, n.submitted_at, n.created_at,
-               n.id IN (SELECT id FROM latest_consents) AS in_l
-        FROM named_consents AS n JOIN consents AS c ON c.id = n.id
-        ORDER BY respondent, n.submitted_at DESC, n.created_at DESC, n.id DESC""",
-    "latest triage": f"""
-        WITH {PATIENT_INPUTS_CTES}
-        SELECT t.id AS triage_id, t.status, t.created_at FROM triages AS t
-        WHERE {in_batch('t.patient_id')} AND t.programme_id = {PROGRAMME}
-          AND t.invalidated_at IS NULL
-        ORDER BY t.created_at DESC, t.id DESC LIMIT 1""",
-    "kept vaccination records": f"""
-        WITH {PATIENT_INPUTS_CTES}
-        SELECT r.id AS record_id, r.session_id, r.outcome, r.performed_at, r.dose_sequence,
-               {_age('pt.date_of_birth', 'r.performed_on')} AS age_when_given
-        FROM kept_records AS r JOIN patients AS pt ON pt.id = r.patient_id ORDER BY r.performed_at, r.id""",
-    "vaccinated": f"""
-        WITH {PATIENT_INPUTS_CTES}
-        SELECT vaccinated, any_administered FROM vaccinated""",
-    "patient sessions": f"""
-        WITH {ELIGIBLE_CTE}
-        SELECT ps.id AS patient_session_id, ps.session_id,
-               EXISTS (SELECT 1 FROM session_programmes sp WHERE sp.session_id = ps.session_id
-                       AND sp.programme_id = {PROGRAMME}) AS session_has_programme,
-               EXISTS (SELECT 1 FROM eligible e WHERE e.programme_id = {PROGRAMME})
-                   AS eligible_for_programme
-        FROM patient_sessions AS ps WHERE {in_batch('ps.patient_id')} ORDER BY ps.id""",
-    "today's attendance": f"""
-        SELECT a.patient_session_id, sd.value AS session_date, a.attending
-        FROM session_attendances AS a
-        JOIN patient_sessions AS ps ON ps.id = a.patient_session_id
-        JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.session_id = ps.session_id
-                                AND sd.value = CAST(:today AS date)
-        WHERE {in_batch('ps.patient_id')} ORDER BY a.patient_session_id""",
-}
