@@ -45,6 +45,13 @@ def _port(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     value = _int(env, name, default, "a whole number")
     if value < 1:
@@ -99,6 +106,10 @@ class Settings:
     status_refresh_workers: int = field(default=2)
     # Patients the statuses' drift check recomputes per check run (PSO_STATUS_DRIFT_SAMPLE).
     status_drift_sample: int = field(default=500)
+    # How patient events reach the status tables: "inline" (the request sensor refreshes small batches
+    # itself, every few seconds) or "runs" (one Dagster run per batch, as before; the benchmark baseline).
+    status_events: str = field(default="inline")
+    status_events_interval: int = field(default=3)  # seconds between the request sensor's ticks
     alert_webhook_url: str | None = field(default=None)
     # True when the keys came from PSO_S3_* (Dagster then reads them through EnvVar, by those names).
     s3_keys_from_pso_env: bool = field(default=False)
@@ -193,6 +204,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_size=pool_size,
         status_refresh_workers=workers,
         status_drift_sample=_positive_int(env, "PSO_STATUS_DRIFT_SAMPLE", 500),
+        status_events=_choice(env, "PSO_STATUS_EVENTS", ("inline", "runs"), "inline"),
+        status_events_interval=_positive_int(env, "PSO_STATUS_EVENTS_INTERVAL", 3),
         alert_webhook_url=webhook,
         s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
     )

@@ -37,11 +37,13 @@ from assets.statuses import (
     request_full_refresh_if_rules_changed,
     status_refresh_job,
 )
+from assets.statuses.events import materializations, refresh_requested, source_observations, split_requests
 from assets.statuses.refresh import rules_request_reason
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
+from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
 from sensors.sync import SyncReaction, SyncRun, SyncTick
 from sensors.cursors import LOOK_BACK, HighWaterCursor
@@ -255,15 +257,16 @@ def day_change_sensor(context: SensorEvaluationContext, postgres: PostgresResour
 # --- status_refresh_requests ------------------------------------------------------------------
 
 
-def pending_requests(conn: sa.Connection, limit: int = MAX_REQUESTS_PER_RUN) -> list[dict]:
+def pending_requests(conn: sa.Connection, limit: int = MAX_REQUESTS_PER_RUN, after: int = 0) -> list[dict]:
+    """The oldest pending requests with an id above `after` (those of a run in flight are its own)."""
     rows = conn.execute(
         sa.text(
             """
-            SELECT id, scope, patient_id, session_id FROM status_refresh_requests
-            WHERE processed_at IS NULL ORDER BY id LIMIT :limit
+            SELECT id, scope, patient_id, session_id, reason FROM status_refresh_requests
+            WHERE processed_at IS NULL AND id > :after ORDER BY id LIMIT :limit
             """
         ),
-        {"limit": limit},
+        {"limit": limit, "after": after},
     ).mappings().all()
     return [dict(r) for r in rows]
 
@@ -293,40 +296,64 @@ def unsuccessful_runs_of_batch(instance, batch: str) -> int:
         tags={REQUEST_BATCH_TAG: batch}))
 
 
-@sensor(
-    name="status_refresh_requests",
-    job=status_refresh_job,
-    minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Every 30 s: merge up to 10,000 pending status_refresh_requests into one run over every "
-                "programme; the run marks them processed with its last batch (at-least-once).",
-)
-def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
-    in_flight = context.instance.get_runs(
-        filters=RunsFilter(job_name=status_refresh_job.name, statuses=ACTIVE_STATUSES,
-                           tags={TRIGGER_TAG: "status_refresh_requests"}), limit=1)
-    if in_flight:
-        return SkipReason(f"run {in_flight[0].run_id} is still handling earlier requests")
-    with postgres.connect() as conn:
-        # Rules changed since the caches were last fully computed (e.g. an upgrade): one full refresh.
-        if request_full_refresh_if_rules_changed(conn):
-            context.log.info(f"status rules changed: a full refresh was requested ({rules_request_reason()})")
-        requests = pending_requests(conn)
-    if not requests:
-        return SkipReason("no pending refresh requests")
-    partitions = _programme_keys(context)
-    if not partitions:
-        return SkipReason("no programme partitions yet (programme_added adds them)")
+def last_request_of_batch(batch: str) -> int:
+    """The newest request id a run's batch holds (its tag is `first-last:count:digest`)."""
+    return int(batch.split(":", 1)[0].rsplit("-", 1)[1])
+
+
+def requests_run(requests: list[dict], partitions: list[str], instance) -> RunRequest:
+    """One run over every programme for `requests`. No cursor: the pending rows and the instance's runs
+    are the state, so a cursor reset changes nothing; each unsuccessful run of the batch moves it to the
+    next key, and Dagster drops repeated keys."""
     batch = request_batch_id(requests)
-    # No cursor: the pending rows and the instance's runs are the state, so a cursor reset changes
-    # nothing. Each unsuccessful run of the batch moves it to the next key; Dagster drops the others.
-    attempt = unsuccessful_runs_of_batch(context.instance, batch)
-    request = refresh_request(
+    attempt = unsuccessful_runs_of_batch(instance, batch)
+    return refresh_request(
         merged_request_config(requests),
         run_key=f"status_requests:{batch}:{attempt}",
         tags={**all_programmes_tags(partitions), TRIGGER_TAG: "status_refresh_requests", REQUEST_BATCH_TAG: batch},
     )
-    return SensorResult(run_requests=[request])
+
+
+@sensor(
+    name="status_refresh_requests",
+    job=status_refresh_job,
+    minimum_interval_seconds=get_settings().status_events_interval,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Every few seconds (PSO_STATUS_EVENTS_INTERVAL): refreshes up to 2,000 pending patient and "
+                "session requests itself, reported as materializations of their programme partitions "
+                "(PSO_STATUS_EVENTS=inline); whole-programme requests and the rest go to one run over every "
+                "programme, which marks them processed with its last batch (at-least-once).",
+)
+def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: PostgresResource):
+    inline = get_settings().status_events == "inline"
+    in_flight = context.instance.get_runs(
+        filters=RunsFilter(job_name=status_refresh_job.name, statuses=ACTIVE_STATUSES,
+                           tags={TRIGGER_TAG: "status_refresh_requests"}), limit=1)
+    if in_flight and not inline:
+        return SkipReason(f"run {in_flight[0].run_id} is still handling earlier requests")
+    # Inline, the requests of a run in flight are its own; newer ones need not wait for it.
+    after = last_request_of_batch(in_flight[0].tags[REQUEST_BATCH_TAG]) if in_flight else 0
+    partitions = _programme_keys(context)
+    with postgres.connect() as conn:
+        # Rules changed since the caches were last fully computed (e.g. an upgrade): one full refresh.
+        if request_full_refresh_if_rules_changed(conn):
+            context.log.info(f"status rules changed: a full refresh was requested ({rules_request_reason()})")
+        requests = pending_requests(conn, after=after)
+        if not requests:
+            return SkipReason("no pending refresh requests")
+        if not partitions:
+            return SkipReason("no programme partitions yet (programme_added adds them)")
+        now_here, for_run = split_requests(requests) if inline else ([], requests)
+        events = []
+        if now_here:
+            done = refresh_requested(conn, now_here, partitions, london_today(now_utc()))
+            context.log.info(f"refreshed {len(done.patient_ids)} patient(s) and {len(done.session_ids)} session(s) "
+                             f"of {len(done.request_ids)} request(s) in {done.seconds:.3f} s")
+            events = [*materializations(done), *source_observations(now_here)]
+    runs = [requests_run(for_run, partitions, context.instance)] if for_run and not in_flight else []
+    if not runs and not events:
+        return SkipReason(f"the pending requests wait for run {in_flight[0].run_id}")
+    return SensorResult(run_requests=runs, asset_events=events)
 
 
 # --- sync_complete (shared sensor) handler ----------------------------------------------------

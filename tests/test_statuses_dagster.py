@@ -416,7 +416,8 @@ def test_day_change_waits_for_programme_partitions_without_losing_the_day(world,
 
 
 def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engine, database_url, instance,
-                                                                     resources):
+                                                                     resources, set_env):
+    set_env("PSO_STATUS_EVENTS", "runs")  # the run-per-batch way (inline: tests/test_statuses_events.py)
     with engine.begin() as conn:  # the triggers write the requests
         world.conn = conn
         world.consent(world.patients[2], "flu", "given", parent_id=world.parent("Parent Two"))
@@ -463,7 +464,8 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
 
 
 def test_an_all_request_becomes_a_full_run_that_marks_earlier_requests(world, engine, database_url, instance,
-                                                                       resources):
+                                                                       resources, set_env):
+    set_env("PSO_STATUS_EVENTS", "runs")  # the run-per-batch way (inline: tests/test_statuses_events.py)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO status_refresh_requests (scope, patient_id, reason, requested_at) "
                              "VALUES (0, :p, 'old', now() - interval '2 hours')"), {"p": world.patients[0]})

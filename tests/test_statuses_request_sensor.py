@@ -1,4 +1,4 @@
-"""The status_refresh_requests sensor (domain.md §1.8) beyond the merge itself: the 10,000-request cap,
+"""The status_refresh_requests sensor (domain.md §1.8) in runs mode, beyond the merge itself: the 10,000-request cap,
 the in-flight skip, the wait for programme partitions, and at-least-once marking when a run fails —
 against a real Postgres, with the requested runs executed in process."""
 
@@ -21,6 +21,13 @@ from test_statuses_helpers import PROGRAMMES, TODAY, World, sensor_context
 from test_statuses_helpers import instance  # noqa: F401 - a fixture, used by name
 
 CAP = 10_000
+
+
+@pytest.fixture(autouse=True)
+def runs_mode(set_env):
+    """These tests are about the run-per-batch way (PSO_STATUS_EVENTS=runs); the sensor's own refreshes of
+    small batches (the default) are in tests/test_statuses_events.py."""
+    set_env("PSO_STATUS_EVENTS", "runs")
 
 
 @pytest.fixture

@@ -79,9 +79,11 @@ def refresh_statuses(
     finalize: Callable[[sa.Connection], None] | None = None,
     batch_size: int = dt.DEFAULT_BATCH_SIZE,
     workers: int = 1,
+    priority: bool = False,
 ) -> dt.RefreshResult:
     """Seed, recompute and write back the status tables of one programme over `scope`, with up to
-    `workers` batches at once."""
+    `workers` batches at once; `priority` (a few patients that just changed) waits only for the batches
+    of another refresh in flight, not for the whole refresh (see derived_table, "Priority refreshes")."""
     tables = tables_named(table_names)
     result = dt.RefreshResult(tables={t.name: dt.RefreshCounts() for t in tables})
     programme_type = conn.execute(sa.text("SELECT type FROM programmes WHERE id = :id"),
@@ -97,7 +99,7 @@ def refresh_statuses(
         last = index == len(passes) - 1
         params = {**base_params(programme_id, today), **extra}
         result.merge(dt.refresh(conn, tables, batches, params, STATUS_REFRESH_LOCK_KEY,
-                                finalize=finalize if last else None, workers=workers))
+                                finalize=finalize if last else None, workers=workers, priority=priority))
     return result
 
 
