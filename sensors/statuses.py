@@ -17,7 +17,6 @@ from typing import Any
 import sqlalchemy as sa
 from dagster import (
     DagsterRunStatus,
-    DefaultSensorStatus,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
@@ -35,6 +34,7 @@ from assets.statuses import (
     refresh_run_config,
     status_refresh_job,
 )
+from orchestration.automation import sensor_status
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
@@ -138,7 +138,7 @@ def programme_added_requests(rows: list[dict], known_partitions: set[str]):
     name="programme_added",
     job=status_refresh_job,
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="New session_programmes rows: a new programme gets its partition and a full refresh; a row "
                 "of a known programme, a refresh of that session.",
 )
@@ -192,7 +192,7 @@ def first_unhandled_day(handled: date | None, today: date) -> date:
     name="day_change",
     job=status_refresh_job,
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Once per Europe/London date: refresh the session and registration statuses of the sessions "
                 "held between the last handled date and today (everything on 1 September).",
 )
@@ -268,7 +268,7 @@ def unsuccessful_runs_of_batch(instance, batch: str) -> int:
     name="status_refresh_requests",
     job=status_refresh_job,
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Every 30 s: merge up to 10,000 pending status_refresh_requests into one run over every "
                 "programme; the run marks them processed with its last batch (at-least-once).",
 )
@@ -337,7 +337,7 @@ def nightly_refresh_succeeded(instance, day: date) -> bool:
 @sensor(
     name="status_refresh_deadline",
     minimum_interval_seconds=300,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Once a London day, after 06:00 London: records an alert (alerts table, log line, webhook) if "
                 "that day's 03:00 full status refresh has not succeeded (§1.8). Cursor: the last date checked.",
 )
