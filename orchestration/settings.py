@@ -64,6 +64,18 @@ def _database_url(env: dict[str, str], name: str) -> str | None:
     return raw
 
 
+AUTOMATION_VALUES = ("on", "paused")
+
+
+def _automation_paused(env: dict[str, str]) -> bool:
+    """PSO_AUTOMATION: `on` (default) starts every schedule and sensor running; `paused` starts them all
+    stopped, for a cautious first deployment (each can then be turned on in the UI)."""
+    raw = (env.get("PSO_AUTOMATION") or "on").strip().lower()
+    if raw not in AUTOMATION_VALUES:
+        raise SettingsError(f"PSO_AUTOMATION must be one of {', '.join(AUTOMATION_VALUES)}, got {raw!r}")
+    return raw == "paused"
+
+
 def _endpoint(env: dict[str, str], name: str) -> str | None:
     raw = env.get(name)
     if not raw:
@@ -100,6 +112,10 @@ class Settings:
     alert_webhook_url: str | None = field(default=None)
     # True when the keys came from PSO_S3_* (Dagster then reads them through EnvVar, by those names).
     s3_keys_from_pso_env: bool = field(default=False)
+    # PSO_DAGSTER_STORAGE_URL as the user wrote it (any PostgreSQL URL); None: the default below.
+    dagster_storage_url_override: str | None = field(default=None)
+    # PSO_AUTOMATION=paused: every schedule and sensor starts STOPPED (orchestration/automation.py).
+    automation_paused: bool = field(default=False)
 
     @property
     def embedded(self) -> bool:
@@ -123,10 +139,10 @@ class Settings:
 
     @property
     def dagster_storage_url_for_instance(self) -> str:
-        """Dagster's run/event/schedule storage: its own database beside the service's (psycopg2)."""
-        override = os.environ.get("PSO_DAGSTER_STORAGE_URL")
-        if override:
-            return with_driver(_database_url(os.environ, "PSO_DAGSTER_STORAGE_URL") or override, "psycopg2")
+        """Dagster's run/event/schedule storage: its own database beside the service's, always with the
+        psycopg2 driver (dagster-postgres needs it; SQLAlchemy 2.1 reads `postgresql://` as psycopg 3)."""
+        if self.dagster_storage_url_override:
+            return with_driver(self.dagster_storage_url_override, "psycopg2")
         if self.embedded:
             return f"postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/dagster"
         return self.dagster_storage_url
@@ -192,6 +208,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         status_refresh_workers=workers,
         alert_webhook_url=webhook,
         s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
+        dagster_storage_url_override=_database_url(env, "PSO_DAGSTER_STORAGE_URL"),
+        automation_paused=_automation_paused(env),
     )
 
 
