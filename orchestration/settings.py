@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from resources.postgres import with_driver
 from resources.s3 import S3Buckets, ensure_buckets, s3_client
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# Dagster's own storage, beside the service database on the same server, unless PSO_DAGSTER_STORAGE_URL says otherwise.
+DAGSTER_DATABASE = "dagster"
 
 
 class SettingsError(ValueError):
@@ -145,7 +151,9 @@ class Settings:
             return with_driver(self.dagster_storage_url_override, "psycopg2")
         if self.embedded:
             return f"postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/dagster"
-        return self.dagster_storage_url
+        # A database of its own on the service's server: in the service database, Dagster's migrations
+        # would read the project's `alembic_version` and refuse to start.
+        return make_url(self.dagster_storage_url).set(database=DAGSTER_DATABASE).render_as_string(hide_password=False)
 
     @property
     def s3_endpoint(self) -> str | None:

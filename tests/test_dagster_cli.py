@@ -71,6 +71,35 @@ def test_the_url_as_written_fails_without_the_rewrite(dagster_storage, monkeypat
             instance.dispose()
 
 
+def test_default_storage_is_a_database_of_its_own_beside_the_service_database(database_url, s3_env, set_env,
+                                                                             pg_admin_url, tmp_path):
+    """PSO_DATABASE_URL alone: Dagster's tables go to database `dagster` on that server, created when missing
+    (in the service database, Dagster's migrations would read the project's alembic_version and fail)."""
+    import psycopg
+
+    from orchestration.cli.runs import open_instance
+
+    set_env("PSO_DATA_DIR", str(tmp_path / "data"))
+    set_env("PSO_DAGSTER_STORAGE_URL", None)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "dagster" WITH (FORCE)')
+    try:
+        from orchestration.cli.environment import export_env
+
+        export_env(get_settings())  # as `pso run` does before it opens the instance
+        instance = open_instance()
+        try:
+            materialize_probe(instance)
+            assert instance.get_latest_materialization_event(AssetKey("probe")) is not None
+        finally:
+            instance.dispose()
+        with psycopg.connect(pg_admin_url.rsplit("/", 1)[0] + "/dagster") as conn:
+            assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute('DROP DATABASE IF EXISTS "dagster" WITH (FORCE)')
+
+
 def pso(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(PSO), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=timeout)

@@ -19,6 +19,10 @@ def test_configured_database_gets_the_right_drivers():
     assert settings.database_url == "postgresql+psycopg://app:pw@db.internal:5432/service"
     # dagster-postgres needs psycopg2 even though SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     assert settings.dagster_storage_url == "postgresql+psycopg2://app:pw@db.internal:5432/service"
+    # Dagster's own tables go to a database of their own on that server (they clash with the schema's).
+    assert settings.dagster_storage_url_for_instance == "postgresql+psycopg2://app:pw@db.internal:5432/dagster"
+    with_params = load_settings({"PSO_DATABASE_URL": "postgresql://app:p%40ss@db:5432/service?sslmode=require"})
+    assert with_params.dagster_storage_url_for_instance == "postgresql+psycopg2://app:p%40ss@db:5432/dagster?sslmode=require"
 
 
 @pytest.mark.parametrize("written", [

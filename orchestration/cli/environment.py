@@ -36,10 +36,37 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     DAGSTER_HOME holding the instance's `dagster.yaml` (written afresh)."""
     from orchestration.instance import write_instance_yaml
 
+    ensure_dagster_database(settings)
     export_env(settings)
     home = get_settings().dagster_home
     write_instance_yaml(home)
     return {**os.environ, "DAGSTER_HOME": str(home)}
+
+
+def ensure_dagster_database(settings: Settings) -> None:
+    """Create the default database of Dagster's storage (`dagster`, beside the service database on its
+    server) when it is missing; says what to do if the role may not. Other storage URLs are left alone."""
+    if settings.embedded:
+        return
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    from orchestration.settings import DAGSTER_DATABASE
+
+    service, target = make_url(settings.database_url), make_url(settings.dagster_storage_url_for_instance)
+    if (target.host, target.port, target.database) != (service.host, service.port, DAGSTER_DATABASE):
+        return
+    libpq = service.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DATABASE,)).fetchone():
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DAGSTER_DATABASE)))
+        except psycopg.errors.InsufficientPrivilege:
+            raise SystemExit(f"pso: Dagster's storage needs a database: create `{DAGSTER_DATABASE}` on the service's "
+                             "server, or set PSO_DAGSTER_STORAGE_URL") from None
+    print(f"dagster   created database {DAGSTER_DATABASE!r} for Dagster's storage", flush=True)
 
 
 @contextlib.contextmanager
