@@ -58,11 +58,13 @@ def run_job(instance: DagsterInstance, job_name: str, partition_key: str | None 
         _wait(instance, run_id)
         where = "queue"
     else:
-        from orchestration.definitions import defs
+        from orchestration.definitions import build_resources, defs
 
         print(f"dagster   no daemon is running: run of {job_name} executes in this process", flush=True)
+        # Resources from the settings as they are now (the endpoints exported), not as at import time.
         result = defs.resolve_job_def(job_name).execute_in_process(
-            run_config=run_config, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False)
+            run_config=run_config, instance=instance, partition_key=partition_key, tags=tags,
+            resources=build_resources(), raise_on_error=False)
         run_id, where = result.run_id, "this process"
     return _outcome(instance, run_id, where)
 
