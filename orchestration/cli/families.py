@@ -2,8 +2,8 @@
 
 Each command parses its arguments and either reads through the family's plain functions in `assets/`
 (explain, stats get) or changes data as a Dagster run of the family's job (letters collate, prune:
-`runs.py`); the rules live in `assets/`, not here. restore-hour and archive-contact-list still call their
-functions directly: they have no job yet. Family modules are imported inside the commands so that
+`runs.py`); the rules live in `assets/`, not here. restore-hour and archive-contact-list have no job yet:
+they call their functions here and report what they changed as a materialization of their asset. Family modules are imported inside the commands so that
 `pso --help` and the core commands stay fast and keep working while a family module is broken.
 """
 
@@ -78,9 +78,15 @@ def cmd_restore_hour(args) -> int:
     from assets.history import restore_hour
     from resources.postgres import make_engine
 
+    from orchestration.cli.runs import report_change
+    from orchestration.clock import london_date
+
     settings = cli_settings()
     with make_engine(settings.database_url).connect() as conn:
         counts = restore_hour(conn, settings.s3_client(), settings.buckets.archive, args.hour)
+    if counts["inserted"]:
+        report_change("notification_history", "restore-hour", {"hour": f"{args.hour:%Y-%m-%dT%H}", **counts},
+                      partition=london_date(args.hour).isoformat())
     print(f"restore   hour {args.hour:%Y-%m-%dT%H}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
           f"{counts['inserted']} inserted into notification_history (the rest were already there)")
     return 0 if counts["objects"] else 1
@@ -121,6 +127,10 @@ def cmd_archive_contact_list(args) -> int:
     settings = cli_settings()
     with make_engine(settings.database_url).connect() as conn:
         done = archive_contact_list(conn, settings.s3_client(), settings.buckets.contact_lists, uuid.UUID(args.list_id))
+    if done:
+        from orchestration.cli.runs import report_change
+
+        report_change("contact_list_objects", "letters archive-contact-list", {"list_id": args.list_id})
     print("archived" if done else "no such contact list")
     return 0 if done else 1
 
