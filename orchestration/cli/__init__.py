@@ -78,8 +78,8 @@ def _prepare(settings, seed_if_empty: bool = True, scale: str = "demo") -> None:
 
 def cmd_run(args) -> int:
     settings = get_settings()
-    _services_start(settings)
     try:
+        _services_start(settings)  # inside: a service that fails to start does not leave the other running
         return _prepare_and_serve(args)
     finally:
         if not args.keep_services:
