@@ -22,6 +22,7 @@ import sys
 import psutil
 
 from orchestration.cli.environment import dagster_env, embedded_services_for, export_env
+from orchestration.services import ServiceError
 from orchestration.settings import PROJECT_ROOT, SettingsError, get_settings
 
 
@@ -212,7 +213,10 @@ def cmd_dagster(argv: list[str]) -> int:
     with embedded_services_for(get_settings(), "dagster"):
         env = dagster_env(get_settings())
         dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-        return subprocess.run([dagster, *argv], env=env).returncode
+        try:
+            return subprocess.run([dagster, *argv], env=env).returncode
+        except KeyboardInterrupt:  # Ctrl-C reached `dagster` too (same process group); it has stopped
+            return 130
 
 
 CORE_COMMANDS = {"run", "services", "migrate", "seed", "bench", "dagster"}
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except SettingsError as error:
         print(f"pso: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ServiceError as error:
+        print(f"pso: {error}", file=sys.stderr)
         return 2
 
 
