@@ -114,6 +114,15 @@ def test_pso_dagster_runs_the_dagster_cli_on_the_projects_instance(dagster_stora
     assert f"$DAGSTER_HOME: {home}" in info.stdout
     assert "Instance configuration" in info.stdout and "schedule_storage" in info.stdout  # storage reached
 
+    # Dagster's own view of the schedules on this instance: every one is running, with nothing toggled.
+    schedules = pso("dagster", "schedule", "list", "-w", str(PROJECT_ROOT / "workspace.yaml"), env=env)
+    assert schedules.returncode == 0, schedules.stdout[-2000:] + schedules.stderr[-2000:]
+    listed = [line for line in schedules.stdout.splitlines() if line.startswith("Schedule: ")]
+    from orchestration.definitions import defs
+
+    assert len(listed) == len(defs.get_repository_def().schedule_defs) > 0
+    assert all(line.endswith("[RUNNING]") for line in listed), listed
+
     # A real run through the plain dagster CLI: a project asset, materialized against the test database,
     # recorded in the storage the user gave as postgresql://.
     run = pso("dagster", "asset", "materialize", "-m", "orchestration.definitions", "--select",
