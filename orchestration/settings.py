@@ -14,10 +14,16 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from resources.postgres import with_driver
 from resources.s3 import S3Buckets, ensure_buckets, s3_client
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# Dagster's own storage, beside the service database on the same server, unless PSO_DAGSTER_STORAGE_URL says otherwise.
+DAGSTER_DATABASE = "dagster"
 
 
 class SettingsError(ValueError):
@@ -71,6 +77,18 @@ def _database_url(env: dict[str, str], name: str) -> str | None:
     return raw
 
 
+AUTOMATION_VALUES = ("on", "paused")
+
+
+def _automation_paused(env: dict[str, str]) -> bool:
+    """PSO_AUTOMATION: `on` (default) starts every schedule and sensor running; `paused` starts them all
+    stopped, for a cautious first deployment (each can then be turned on in the UI)."""
+    raw = (env.get("PSO_AUTOMATION") or "on").strip().lower()
+    if raw not in AUTOMATION_VALUES:
+        raise SettingsError(f"PSO_AUTOMATION must be one of {', '.join(AUTOMATION_VALUES)}, got {raw!r}")
+    return raw == "paused"
+
+
 def _endpoint(env: dict[str, str], name: str) -> str | None:
     raw = env.get(name)
     if not raw:
@@ -113,6 +131,10 @@ class Settings:
     alert_webhook_url: str | None = field(default=None)
     # True when the keys came from PSO_S3_* (Dagster then reads them through EnvVar, by those names).
     s3_keys_from_pso_env: bool = field(default=False)
+    # PSO_DAGSTER_STORAGE_URL as the user wrote it (any PostgreSQL URL); None: the default below.
+    dagster_storage_url_override: str | None = field(default=None)
+    # PSO_AUTOMATION=paused: every schedule and sensor starts STOPPED (orchestration/automation.py).
+    automation_paused: bool = field(default=False)
 
     @property
     def embedded(self) -> bool:
@@ -136,13 +158,15 @@ class Settings:
 
     @property
     def dagster_storage_url_for_instance(self) -> str:
-        """Dagster's run/event/schedule storage: its own database beside the service's (psycopg2)."""
-        override = os.environ.get("PSO_DAGSTER_STORAGE_URL")
-        if override:
-            return with_driver(_database_url(os.environ, "PSO_DAGSTER_STORAGE_URL") or override, "psycopg2")
+        """Dagster's run/event/schedule storage: its own database beside the service's, always with the
+        psycopg2 driver (dagster-postgres needs it; SQLAlchemy 2.1 reads `postgresql://` as psycopg 3)."""
+        if self.dagster_storage_url_override:
+            return with_driver(self.dagster_storage_url_override, "psycopg2")
         if self.embedded:
             return f"postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/dagster"
-        return self.dagster_storage_url
+        # A database of its own on the service's server: in the service database, Dagster's migrations
+        # would read the project's `alembic_version` and refuse to start.
+        return make_url(self.dagster_storage_url).set(database=DAGSTER_DATABASE).render_as_string(hide_password=False)
 
     @property
     def s3_endpoint(self) -> str | None:
@@ -208,6 +232,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         status_events_interval=_positive_int(env, "PSO_STATUS_EVENTS_INTERVAL", 3),
         alert_webhook_url=webhook,
         s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
+        dagster_storage_url_override=_database_url(env, "PSO_DAGSTER_STORAGE_URL"),
+        automation_paused=_automation_paused(env),
     )
 
 

@@ -9,9 +9,10 @@ schedules in Dagster 1.13 cannot return dynamic-partition requests.
 
 from __future__ import annotations
 
-from dagster import DefaultScheduleStatus, ScheduleEvaluationContext, SkipReason, schedule
+from dagster import ScheduleEvaluationContext, SkipReason, schedule
 
 from assets.cohort_stats import eligible_units, facility_stats_job, read_stats_settings, stats_run_request
+from orchestration.automation import schedule_status
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
 
@@ -23,7 +24,7 @@ CRON = "0 0,8,16 * * *"
     job=facility_stats_job,
     cron_schedule=CRON,
     execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=schedule_status(),
     description="Refreshes the stats of every registered renal unit above stats_settings.aot_min_records, "
     "for the kinds in stats_settings.aot_kinds (read at each tick).",
 )

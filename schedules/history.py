@@ -23,6 +23,7 @@ from assets.history import (
     inbound_sms_archive_job,
     notification_archive_job,
 )
+from orchestration.automation import schedule_status
 from orchestration.clock import deep_archive_limit, london_date
 from orchestration.partitions import london_days_partitions
 
@@ -45,7 +46,7 @@ def _today(context: ScheduleEvaluationContext) -> date:
 
 
 @schedule(name="ft_notification_status_nightly", job=ft_notification_status_job, cron_schedule="30 0 * * *",
-          execution_timezone="UTC")
+          execution_timezone="UTC", default_status=schedule_status())
 def ft_notification_status_nightly(context: ScheduleEvaluationContext):
     today = _today(context)
     yesterday = today - timedelta(days=1)
@@ -58,7 +59,7 @@ def ft_notification_status_nightly(context: ScheduleEvaluationContext):
 
 
 @schedule(name="notification_history_deep_archive_nightly", job=deep_archive_job, cron_schedule="35 1 * * *",
-          execution_timezone="UTC")
+          execution_timezone="UTC", default_status=schedule_status())
 def notification_history_deep_archive_nightly(context: ScheduleEvaluationContext):
     # The window reaches the limit itself (§3.2a step 1): its last day is the London day holding the limit.
     last = london_date(deep_archive_limit(context.scheduled_execution_time))
@@ -66,7 +67,7 @@ def notification_history_deep_archive_nightly(context: ScheduleEvaluationContext
 
 
 @schedule(name="inbound_sms_archive_nightly", job=inbound_sms_archive_job, cron_schedule="40 1 * * *",
-          execution_timezone="UTC")
+          execution_timezone="UTC", default_status=schedule_status())
 def inbound_sms_archive_nightly(context: ScheduleEvaluationContext):
     today = _today(context)
     yesterday = today - timedelta(days=1)
@@ -74,7 +75,7 @@ def inbound_sms_archive_nightly(context: ScheduleEvaluationContext):
 
 
 @schedule(name="notification_archive_nightly", job=notification_archive_job, cron_schedule="0 3 * * *",
-          execution_timezone="UTC")
+          execution_timezone="UTC", default_status=schedule_status())
 def notification_archive_nightly(context: ScheduleEvaluationContext):
     today = _today(context)
     yesterday = today - timedelta(days=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from assets.pruning import replica_maintenance_job
+from orchestration.automation import schedule_status
 from orchestration.clock import london_date
 from orchestration.partitions import replicas_partitions
 
@@ -18,6 +19,7 @@ from orchestration.partitions import replicas_partitions
     cron_schedule="0 4 * * *",
     execution_timezone="Europe/London",
     job=replica_maintenance_job,
+    default_status=schedule_status(),
     description="Daily maintenance check of every replica; the purge itself runs weekly per replica.",
 )
 def replica_maintenance_schedule(context: ScheduleEvaluationContext):

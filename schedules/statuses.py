@@ -8,9 +8,10 @@ London) makes a refresh that has not succeeded by 06:00 visible as failing fresh
 
 from __future__ import annotations
 
-from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from assets.statuses import NIGHTLY_DATE_TAG, TRIGGER_TAG, all_programmes_tags, refresh_run_config, status_refresh_job
+from orchestration.automation import schedule_status
 from orchestration.clock import london_date
 from orchestration.partitions import programmes_partitions
 
@@ -20,7 +21,7 @@ from orchestration.partitions import programmes_partitions
     job=status_refresh_job,
     cron_schedule="0 3 * * *",
     execution_timezone="Europe/London",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=schedule_status(),
     description="Full refresh of the cached statuses of every programme at 03:00 London (safety net for the "
                 "day change and for changes that raised no refresh request).",
 )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
+from dagster import RunFailureSensorContext, run_failure_sensor
 
 from orchestration.alerts import raise_alert
+from orchestration.automation import sensor_status
 from resources.postgres import PostgresResource
 
 
@@ -43,7 +44,7 @@ def run_failure_details(context: RunFailureSensorContext) -> dict[str, Any]:
 @run_failure_sensor(
     name="run_failure_alert",
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Records an alert (alerts table + log line) for every failed run, and POSTs it to "
     "PSO_ALERT_WEBHOOK_URL when that is set. No personal data: ids, job, steps, exception classes.",
 )

@@ -21,7 +21,6 @@ import logging
 import re
 
 from dagster import (
-    DefaultSensorStatus,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -37,6 +36,7 @@ from assets.cohort_stats import (
     read_stats_settings,
     stats_run_request,
 )
+from orchestration.automation import sensor_status
 from orchestration.clock import london_today, now_utc
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
@@ -85,7 +85,7 @@ def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
     name="renal_units_registry",
     job=facility_stats_job,
     minimum_interval_seconds=300,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Registers renal units above stats_settings.aot_min_records as renal_units partitions and "
     "requests a run for eligible units whose current stats are missing or overdue (settings read every tick).",
 )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from dagster import DefaultSensorStatus, RunConfig, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import RunConfig, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from assets.pruning import SyncGroupPruneConfig, replica_sync_group_prune_job
+from orchestration.automation import sensor_status
 from orchestration.partitions import replicas_partitions
 from orchestration.schema import replica_schema_name
 from resources.postgres import PostgresResource
@@ -62,7 +63,7 @@ def unregistered_replicas(conn: sa.Connection, registered: set[str], limit: int 
 @sensor(
     name="replica_registry",
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Adds a `replicas` partition for every replica_state row not yet registered.",
 )
 def replica_registry_sensor(context: SensorEvaluationContext, postgres: PostgresResource):

@@ -1,11 +1,13 @@
 """Status refresh sensors (domain.md §1.8): programme_added, day_change, status_refresh_requests,
 and the statuses handler of the shared sync_complete sensor.
 
-All of them request runs of the `status_refresh` job over programme partitions. A run that covers
-every programme is ONE run over the partition range first..last (the asset has a single-run
-backfill policy), so refresh requests can be marked processed in the same transaction as the run's
-last batch. Refreshes never overlap: the asset's pool `status_refresh` has one slot, and every batch
-takes the same `pg_advisory_xact_lock`.
+They request runs of the `status_refresh` job over programme partitions, except for patient events:
+the request sensor refreshes small batches of patient and session requests itself, as priority
+refreshes reported to Dagster as materializations (assets/statuses/events.py). A run that covers
+every programme is ONE run over the partition range first..last (the asset has a single-run backfill
+policy), so refresh requests can be marked processed in the same transaction as the run's last batch.
+Whole refreshes never overlap (the asset's pool `status_refresh` has one slot, and every batch takes
+the same `pg_advisory_xact_lock`); an event's priority refresh waits only for the batches in flight.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import sqlalchemy as sa
 from dagster import (
     AssetKey,
     DagsterRunStatus,
-    DefaultSensorStatus,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
@@ -39,6 +40,7 @@ from assets.statuses import (
 )
 from assets.statuses.events import materializations, refresh_requested, source_observations, split_requests
 from assets.statuses.refresh import rules_request_reason
+from orchestration.automation import sensor_status
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
@@ -144,7 +146,7 @@ def programme_added_requests(rows: list[dict], known_partitions: set[str]):
     name="programme_added",
     job=status_refresh_job,
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="New session_programmes rows: a new programme gets its partition and a full refresh; a row "
                 "of a known programme, a refresh of that session.",
 )
@@ -225,7 +227,7 @@ def ordinary_day_requests(conn: sa.Connection, handled: date | None, today: date
     name="day_change",
     job=status_refresh_job,
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Once per Europe/London date: refresh the session and registration statuses of the sessions "
                 "held between the last handled date and today, and the triage statuses of patients whose "
                 "delay-vaccination triage ended; on an academic-year rollover, everything.",
@@ -318,7 +320,7 @@ def requests_run(requests: list[dict], partitions: list[str], instance) -> RunRe
     name="status_refresh_requests",
     job=status_refresh_job,
     minimum_interval_seconds=get_settings().status_events_interval,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Every few seconds (PSO_STATUS_EVENTS_INTERVAL): refreshes up to 2,000 pending patient and "
                 "session requests itself, reported as materializations of their programme partitions "
                 "(PSO_STATUS_EVENTS=inline); whole-programme requests and the rest go to one run over every "
@@ -396,7 +398,7 @@ def nightly_refresh_succeeded(instance, day: date) -> bool:
 @sensor(
     name="status_refresh_deadline",
     minimum_interval_seconds=300,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     description="Once a London day, after 06:00 London: records an alert (alerts table, log line, webhook) if "
                 "that day's 03:00 full status refresh has not succeeded (§1.8). Cursor: the last date checked.",
 )

@@ -24,7 +24,6 @@ from typing import Any
 import sqlalchemy as sa
 from dagster import (
     AddDynamicPartitionsRequest,
-    DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -35,6 +34,7 @@ from dagster import (
 from assets.cohort_stats import facility_stats_job
 from assets.pruning import replica_sync_group_prune_job
 from assets.statuses import status_refresh_job
+from orchestration.automation import sensor_status
 from resources.postgres import PostgresResource
 from sensors import cohort_stats, pruning, statuses
 from sensors.cursors import HighWaterCursor
@@ -86,7 +86,7 @@ def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRe
 @sensor(
     name="sync_complete",
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_status(),
     # Every job a family handler may target (run requests name their job).
     jobs=[status_refresh_job, facility_stats_job, replica_sync_group_prune_job],
     description="Reacts to each newly finished sync_runs row: status refresh for an immunisation import, "

@@ -127,6 +127,17 @@ def set_env(monkeypatch):
 
 
 @pytest.fixture
+def dagster_storage(empty_database_url, set_env, monkeypatch, tmp_path) -> str:
+    """For `pso` commands that run Dagster jobs: the instance's storage in a database of its own (given as
+    a user would write it, `postgresql://…`) and its DAGSTER_HOME under tmp_path."""
+    set_env("PSO_DATA_DIR", str(tmp_path / "pso"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "pso" / "dagster_home"))  # restored after the test
+    url = "postgresql://" + empty_database_url.split("://", 1)[1]
+    set_env("PSO_DAGSTER_STORAGE_URL", url)
+    return url
+
+
+@pytest.fixture
 def engine(database_url) -> sa.Engine:
     engine = sa.create_engine(database_url, connect_args={"prepare_threshold": None})
     yield engine

@@ -97,6 +97,30 @@ def test_production_instance_validates_with_limits(production_env, tmp_path):
     assert config["concurrency"]["pools"]["default_limit"] >= 1
 
 
+def test_every_instance_gives_dagster_postgres_the_psycopg2_driver(production_env, tmp_path):
+    """SQLAlchemy 2.1 opens `postgresql://` with psycopg 3, which dagster-postgres cannot use (`NOTIFY
+    run_events, $1` fails): each instance config must end up with a psycopg2 URL."""
+    from dagster_postgres.utils import pg_url_from_config
+
+    production = load_instance_config(DEPLOY / "dagster.yaml", tmp_path)["storage"]["postgres"]
+    assert pg_url_from_config(production).startswith("postgresql+psycopg2://dagster:not-a-real-password@")
+    celery = load_instance_config(DEPLOY / "celery" / "dagster.yaml", tmp_path)["storage"]["postgres"]
+    assert pg_url_from_config(celery).startswith("postgresql+psycopg2://")
+    values = yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())
+    assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+
+
+def test_deploy_leaves_automation_on():
+    """Nothing in deploy/ stops the schedules and sensors: the code location's environment keeps
+    PSO_AUTOMATION on (paused is the documented opt-in for a first deployment)."""
+    values = yaml.safe_load((DEPLOY / "helm-values.yaml").read_text())
+    env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
+    assert env["PSO_AUTOMATION"] == "on"
+    for path in DEPLOY.rglob("*.yaml"):
+        settings = yaml.safe_dump(yaml.safe_load(path.read_text()))  # without the comments
+        assert "STOPPED" not in settings and "paused" not in settings, path
+
+
 def test_validation_rejects_a_broken_config(production_env, tmp_path):
     """The loader is not a rubber stamp: a typo in a limit is refused."""
     broken = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())

@@ -202,8 +202,11 @@ def test_restore_hour_cli_parses_hours():
         parse_hour("2025-01-02 03:00")
 
 
-def test_pso_restore_hour_command(engine, settings, s3, capsys):
+def test_pso_restore_hour_command(engine, settings, s3, dagster_storage, capsys):
+    from dagster import AssetKey, DagsterInstance
+
     from orchestration.cli import main
+    from orchestration.settings import get_settings
 
     hour = datetime(2024, 3, 5, 7, tzinfo=UTC)
     row = {c: notification(hour + timedelta(minutes=5))[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS}
@@ -217,3 +220,12 @@ def test_pso_restore_hour_command(engine, settings, s3, capsys):
         restored = conn.execute(sa.select(schema.notification_history)).mappings().one()
     assert dict(restored) == row
     assert main(["restore-hour", "2024-03-05T08"]) == 1  # nothing archived for that hour
+    # Reported to Dagster on the asset and London day it changed (the command has no job of its own).
+    instance = DagsterInstance.from_config(str(get_settings().dagster_home))
+    try:
+        event = instance.get_latest_materialization_event(AssetKey("notification_history"))
+        assert event.dagster_event.partition == "2024-03-05"
+        assert event.asset_materialization.metadata["inserted"].value == 1
+        assert event.asset_materialization.metadata["pso/cli"].value == "restore-hour"
+    finally:
+        instance.dispose()

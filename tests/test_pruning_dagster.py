@@ -257,8 +257,12 @@ def test_pruning_definitions_load(postgres):
     assert pruning.replica_sync_group_prune.op.pool == pruning.replica_maintenance_asset.op.pool == "replica_prune"
 
 
-def test_prune_cli(engine, database_url, capsys):
+def test_prune_cli(engine, database_url, dagster_storage, capsys):
+    """`pso prune` runs the replica's job in Dagster: the run and its materialization are in the instance."""
+    from dagster import AssetKey, DagsterInstance
+
     from orchestration.cli import main
+    from orchestration.settings import get_settings
 
     _replica(engine, "north", outside_patients=2)
     assert main(["prune", "north"]) == 0
@@ -270,3 +274,15 @@ def test_prune_cli(engine, database_url, capsys):
     assert "skipped: not due" in capsys.readouterr().out
     assert main(["prune", "nowhere"]) == 2
     assert "replica 'nowhere' has no schema 'replica_nowhere'" in capsys.readouterr().out
+    instance = DagsterInstance.from_config(str(get_settings().dagster_home))
+    try:
+        runs = instance.get_runs()
+        assert [(r.job_name, r.tags["dagster/partition"], r.status.value) for r in reversed(runs)] == [
+            ("replica_sync_group_prune_job", "north", "SUCCESS"), ("replica_maintenance_job", "north", "SUCCESS"),
+            ("replica_maintenance_job", "north", "SUCCESS"), ("replica_sync_group_prune_job", "nowhere", "FAILURE")]
+        event = instance.get_latest_materialization_event(AssetKey("replica_sync_group_prune"))
+        assert event.dagster_event.partition == "north"
+        assert event.asset_materialization.metadata["rows_deleted"].value == 4
+        assert instance.get_dynamic_partitions("replicas") == ["north"]  # the failed one is not left registered
+    finally:
+        instance.dispose()

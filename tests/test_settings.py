@@ -19,6 +19,28 @@ def test_configured_database_gets_the_right_drivers():
     assert settings.database_url == "postgresql+psycopg://app:pw@db.internal:5432/service"
     # dagster-postgres needs psycopg2 even though SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     assert settings.dagster_storage_url == "postgresql+psycopg2://app:pw@db.internal:5432/service"
+    # Dagster's own tables go to a database of their own on that server (they clash with the schema's).
+    assert settings.dagster_storage_url_for_instance == "postgresql+psycopg2://app:pw@db.internal:5432/dagster"
+    with_params = load_settings({"PSO_DATABASE_URL": "postgresql://app:p%40ss@db:5432/service?sslmode=require"})
+    assert with_params.dagster_storage_url_for_instance == "postgresql+psycopg2://app:p%40ss@db:5432/dagster?sslmode=require"
+
+
+@pytest.mark.parametrize("written", [
+    "postgresql://orchestrator:pw@db.internal:5432/dagster",
+    "postgresql+psycopg://orchestrator:pw@db.internal:5432/dagster",
+    "postgresql+psycopg2://orchestrator:pw@db.internal:5432/dagster",
+])
+def test_dagster_storage_url_gets_psycopg2_however_it_is_written(written):
+    """README's "existing Postgres" example writes postgresql://; dagster-postgres needs psycopg2."""
+    settings = load_settings({"PSO_DATABASE_URL": "postgresql://app:pw@db.internal:5432/service",
+                              "PSO_DAGSTER_STORAGE_URL": written})
+    assert settings.dagster_storage_url_for_instance == "postgresql+psycopg2://orchestrator:pw@db.internal:5432/dagster"
+
+
+def test_automation_is_on_unless_paused():
+    assert load_settings({}).automation_paused is False
+    assert load_settings({"PSO_AUTOMATION": "on"}).automation_paused is False
+    assert load_settings({"PSO_AUTOMATION": "Paused"}).automation_paused is True
 
 
 @pytest.mark.parametrize(
@@ -33,6 +55,8 @@ def test_configured_database_gets_the_right_drivers():
         ("PSO_STATUS_REFRESH_WORKERS", "two"),
         ("PSO_STATUS_REFRESH_WORKERS", "0"),
         ("PSO_ALERT_WEBHOOK_URL", "ftp://example"),
+        ("PSO_DAGSTER_STORAGE_URL", "sqlite:///dagster.db"),
+        ("PSO_AUTOMATION", "off"),
     ],
 )
 def test_a_malformed_value_names_the_variable(name, value):

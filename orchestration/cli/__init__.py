@@ -5,6 +5,7 @@
     pso migrate [--down]
     pso seed [--scale demo|bench|N] [--seed N] [--if-empty]
     pso bench CASE [--scale N]
+    pso dagster ARGS…             the `dagster` CLI on this project's instance (DAGSTER_HOME and endpoints set)
 
 The families' commands (explain, stats, restore-hour, letters, prune) are in `families.py`.
 """
@@ -20,7 +21,8 @@ import sys
 
 import psutil
 
-from orchestration.cli.environment import export_env
+from orchestration.cli.environment import dagster_env, embedded_services_for, export_env
+from orchestration.services import ServiceError
 from orchestration.settings import PROJECT_ROOT, SettingsError, get_settings
 
 
@@ -77,8 +79,8 @@ def _prepare(settings, seed_if_empty: bool = True, scale: str = "demo") -> None:
 
 def cmd_run(args) -> int:
     settings = get_settings()
-    _services_start(settings)
     try:
+        _services_start(settings)  # inside: a service that fails to start does not leave the other running
         return _prepare_and_serve(args)
     finally:
         if not args.keep_services:
@@ -86,13 +88,9 @@ def cmd_run(args) -> int:
 
 
 def _prepare_and_serve(args) -> int:
-    from orchestration.instance import write_instance_yaml
-
     _prepare(get_settings(), seed_if_empty=not args.no_seed)
     settings = get_settings()
-    home = settings.dagster_home
-    write_instance_yaml(home)
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env = dagster_env(settings)
     _apply_pools(env)
     url = f"http://127.0.0.1:{settings.dagster_port}"
     workspace = str(PROJECT_ROOT / "workspace.yaml")
@@ -178,6 +176,11 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_seed(args) -> int:
+    with embedded_services_for(get_settings(), "seed"):
+        return _seed(args)
+
+
+def _seed(args) -> int:
     from orchestration.migrate import upgrade
     from orchestration.synthetic import database_is_empty, seed_all
 
@@ -194,13 +197,29 @@ def cmd_seed(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import importlib.util
+
     from bench.runner import run_case
 
-    export_env(get_settings())
-    return run_case(args.case, args.scale, record=not args.no_record)
+    if importlib.util.find_spec(f"bench.{args.case}") is None:
+        return run_case(args.case, args.scale, record=False)  # names the cases there are; starts nothing
+    with embedded_services_for(get_settings(), "bench"):
+        export_env(get_settings())
+        return run_case(args.case, args.scale, record=not args.no_record)
 
 
-CORE_COMMANDS = {"run", "services", "migrate", "seed", "bench"}
+def cmd_dagster(argv: list[str]) -> int:
+    """`dagster ARGS…` with this project's DAGSTER_HOME and endpoints (embedded ones started if needed)."""
+    with embedded_services_for(get_settings(), "dagster"):
+        env = dagster_env(get_settings())
+        dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+        try:
+            return subprocess.run([dagster, *argv], env=env).returncode
+        except KeyboardInterrupt:  # Ctrl-C reached `dagster` too (same process group); it has stopped
+            return 130
+
+
+CORE_COMMANDS = {"run", "services", "migrate", "seed", "bench", "dagster"}
 
 
 def build_parser(include_families: bool = True) -> argparse.ArgumentParser:
@@ -233,6 +252,10 @@ def build_parser(include_families: bool = True) -> argparse.ArgumentParser:
     bench.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     bench.set_defaults(func=cmd_bench)
 
+    # Dispatched by main() before parsing, so every argument (options included) reaches `dagster`.
+    sub.add_parser("dagster", help="run the dagster CLI against this project's instance, e.g. `pso dagster "
+                   "instance info` (DAGSTER_HOME and the endpoints set, embedded services started if needed)")
+
     if not include_families:
         return parser
     from orchestration.cli.families import add_family_commands
@@ -244,6 +267,9 @@ def build_parser(include_families: bool = True) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
+        if argv and argv[0] == "dagster":
+            get_settings()
+            return cmd_dagster(argv[1:])
         # The core commands must work even while a family module is broken (e.g. to stop services).
         core_only = bool(argv) and argv[0] in CORE_COMMANDS
         args = build_parser(include_families=not core_only).parse_args(argv)
@@ -251,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except SettingsError as error:
         print(f"pso: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ServiceError as error:
+        print(f"pso: {error}", file=sys.stderr)
         return 2
 
 

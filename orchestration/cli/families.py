@@ -1,7 +1,9 @@
 """The families' own `pso` commands: explain, stats get, restore-hour, letters, prune.
 
-Each command parses its arguments, opens a connection and calls the family's plain functions in
-`assets/`; the rules live there, not here. Family modules are imported inside the commands so that
+Each command parses its arguments and either reads through the family's plain functions in `assets/`
+(explain, stats get) or changes data as a Dagster run of the family's job (letters collate, prune:
+`runs.py`); the rules live in `assets/`, not here. restore-hour and archive-contact-list have no job yet:
+they call their functions here and report what they changed as a materialization of their asset. Family modules are imported inside the commands so that
 `pso --help` and the core commands stay fast and keep working while a family module is broken.
 """
 
@@ -11,7 +13,7 @@ import argparse
 import json
 import sys
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 from orchestration.cli.environment import cli_settings
 from orchestration.schema import PROGRAMME_TYPES, STATS_KINDS
@@ -76,9 +78,15 @@ def cmd_restore_hour(args) -> int:
     from assets.history import restore_hour
     from resources.postgres import make_engine
 
+    from orchestration.cli.runs import report_change
+    from orchestration.clock import london_date
+
     settings = cli_settings()
     with make_engine(settings.database_url).connect() as conn:
         counts = restore_hour(conn, settings.s3_client(), settings.buckets.archive, args.hour)
+    if counts["inserted"]:
+        report_change("notification_history", "restore-hour", {"hour": f"{args.hour:%Y-%m-%dT%H}", **counts},
+                      partition=london_date(args.hour).isoformat())
     print(f"restore   hour {args.hour:%Y-%m-%dT%H}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
           f"{counts['inserted']} inserted into notification_history (the rest were already there)")
     return 0 if counts["objects"] else 1
@@ -87,17 +95,28 @@ def cmd_restore_hour(args) -> int:
 # -- letters: pso letters collate | archive-contact-list ----------------------------------------
 
 def cmd_letters_collate(args) -> int:
-    from assets.letters import collate_letters
+    """A run of the `letter_collation` job for the print day (the schedule's job), visible in Dagster."""
+    from orchestration.cli.runs import open_instance, run_job
     from orchestration.clock import now_utc, print_date
-    from resources.postgres import make_engine
 
-    settings = cli_settings()
-    now = now_utc()
-    day = date.fromisoformat(args.print_date) if args.print_date else print_date(now)
-    with make_engine(settings.database_url).connect() as conn:
-        result = collate_letters(conn, settings.s3_client(), settings.buckets, day, now, workers=args.workers, echo=print)
-    for postage, figures in result.volumes.items():
-        print(f"  {postage:<14} {figures['letters']:>8} letters {figures['sheets']:>8} sheets")
+    cli_settings()
+    day = date.fromisoformat(args.print_date) if args.print_date else print_date(now_utc())
+    instance = open_instance()
+    try:
+        run = run_job(instance, "letter_collation", partition_key=day.isoformat(), command="letters collate")
+    finally:
+        instance.dispose()
+    if not run.success:
+        print(f"pso letters collate: run {run.run_id} failed: {'; '.join(run.failures) or 'see the run in Dagster'}")
+        return 1
+    figures = run.materializations.get("letter_batches", {})
+    print(f"collated  print day {day}: {figures.get('letters_selected', 0)} letters selected, "
+          f"{figures.get('batches_uploaded', 0)} batch(es), {figures.get('letters_sending', 0)} now sending "
+          f"(run {run.run_id})")
+    for key, value in sorted(figures.items()):
+        if key.startswith("sheets_"):
+            postage = key.removeprefix("sheets_")
+            print(f"  {postage:<14} {figures.get('letters_' + postage, 0):>8} letters {value:>8} sheets")
     return 0
 
 
@@ -108,33 +127,51 @@ def cmd_archive_contact_list(args) -> int:
     settings = cli_settings()
     with make_engine(settings.database_url).connect() as conn:
         done = archive_contact_list(conn, settings.s3_client(), settings.buckets.contact_lists, uuid.UUID(args.list_id))
+    if done:
+        from orchestration.cli.runs import report_change
+
+        report_change("contact_list_objects", "letters archive-contact-list", {"list_id": args.list_id})
     print("archived" if done else "no such contact list")
     return 0 if done else 1
 
 
 # -- pruning: pso prune REPLICA [--maintenance [--force]] [--grace-hours H] ----------------------
 
-def cmd_prune(args) -> int:
-    from assets.pruning import ReplicaInputError, replica_maintenance, sync_group_prune
-    from resources.postgres import make_engine
+PRUNE_JOBS = {"sync_group": ("replica_sync_group_prune_job", "replica_sync_group_prune"),
+              "maintenance": ("replica_maintenance_job", "replica_maintenance")}
 
-    engine = make_engine(cli_settings().database_url)
+
+def cmd_prune(args) -> int:
+    """A run of the replica's prune (or maintenance) job for its `replicas` partition, visible in Dagster."""
+    from orchestration.cli.runs import open_instance, run_job
+    from orchestration.partitions import replicas_partitions
+
+    cli_settings()
+    kind = "maintenance" if args.maintenance else "sync_group"
+    job, asset_key = PRUNE_JOBS[kind]
+    config = {"force": args.force} if args.maintenance else {"grace_hours": args.grace_hours}
+    instance = open_instance()
     try:
-        with engine.connect() as conn:
-            if args.maintenance:
-                outcome = replica_maintenance(conn, args.replica_id, force=args.force)
-            else:
-                outcome = sync_group_prune(conn, args.replica_id, grace=timedelta(hours=args.grace_hours))
-    except ReplicaInputError as error:
-        print(f"pso prune: {error}")
+        added = not instance.has_dynamic_partition(replicas_partitions.name, args.replica_id)
+        if added:  # the replica_registry sensor would add it within a minute; the command cannot wait
+            instance.add_dynamic_partitions(replicas_partitions.name, [args.replica_id])
+        run = run_job(instance, job, partition_key=args.replica_id, command=f"prune {kind}",
+                      run_config={"ops": {asset_key: {"config": config}}})
+        if added and not run.success:
+            instance.delete_dynamic_partition(replicas_partitions.name, args.replica_id)
+    finally:
+        instance.dispose()
+    if not run.success:
+        print(f"pso prune: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
         return 2
-    if outcome.skipped:
-        print(f"replica {outcome.replica_id}: {outcome.kind} skipped: {outcome.skipped_reason}")
-    else:
-        print(f"replica {outcome.replica_id}: {outcome.kind} deleted {outcome.total_deleted} rows "
-              f"(prune_runs id {outcome.prune_run_id})")
-        for table, count in sorted(outcome.deleted.items()):
-            print(f"  {table:<28} {count:>10,}")
+    figures = run.materializations[asset_key]
+    if figures.get("skipped_reason"):
+        print(f"replica {args.replica_id}: {kind} skipped: {figures['skipped_reason']} (run {run.run_id})")
+        return 0
+    print(f"replica {args.replica_id}: {kind} deleted {figures['rows_deleted']} rows "
+          f"(prune_runs id {figures['prune_run_id']}, run {run.run_id})")
+    for table, count in sorted(figures["deleted"].items()):
+        print(f"  {table:<28} {count:>10,}")
     return 0
 
 
@@ -159,15 +196,15 @@ def add_family_commands(sub) -> None:
 
     letters = sub.add_parser("letters", help="letter collation and contact lists")
     letters_sub = letters.add_subparsers(dest="letters_command", required=True)
-    collate = letters_sub.add_parser("collate", help="collate a print day now (default: the latest whose deadline passed)")
+    collate = letters_sub.add_parser("collate", help="collate a print day now, as a run of the letter_collation job "
+                                     "(default: the latest day whose deadline passed)")
     collate.add_argument("--print-date", help="YYYY-MM-DD (London)")
-    collate.add_argument("--workers", type=int, default=16)
     collate.set_defaults(func=cmd_letters_collate)
     archive = letters_sub.add_parser("archive-contact-list", help="archive a contact list and delete its CSV")
     archive.add_argument("list_id")
     archive.set_defaults(func=cmd_archive_contact_list)
 
-    prune = sub.add_parser("prune", help="prune one replica now (sync-group prune, or --maintenance)")
+    prune = sub.add_parser("prune", help="prune one replica now, as a run of its job (sync-group prune, or --maintenance)")
     prune.add_argument("replica_id")
     prune.add_argument("--maintenance", action="store_true", help="the weekly purge instead of the sync-group prune")
     prune.add_argument("--force", action="store_true", help="with --maintenance: run even if not due")
