@@ -15,10 +15,12 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from assets import letters as L
+from assets.letters import pdfs as P
 from bench.runner import BenchDatabase, BenchReport, timed
 from orchestration.clock import letter_deadline, now_utc, print_date
 from orchestration.settings import get_settings
 from orchestration.bulk import copy_rows
+from resources.s3 import S3Buckets
 
 LETTERS_AT_SCALE_1 = 100_000
 SERVICES = 40
@@ -29,9 +31,10 @@ PUT_WORKERS = 16
 def _bench_buckets(settings):
     tag = f"bench{uuid.uuid4().hex[:6]}"
     b = settings.buckets
-    return replace(settings, buckets=replace(
-        b, letters_pdf=f"{tag}-letters-pdf", letter_batches=f"{tag}-letter-batches", invalid_pdf=f"{tag}-invalid",
-        test_letters=f"{tag}-test-letters", archive=f"{tag}-archive", contact_lists=f"{tag}-contact-lists"))
+    return replace(settings, buckets=S3Buckets(**{
+        **b.model_dump(), "letters_pdf": f"{tag}-letters-pdf", "letter_batches": f"{tag}-letter-batches",
+        "invalid_pdf": f"{tag}-invalid", "test_letters": f"{tag}-test-letters", "archive": f"{tag}-archive",
+        "contact_lists": f"{tag}-contact-lists"}))
 
 
 def _process_cpu() -> float:
@@ -109,12 +112,12 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
         sample = rng.sample(letters, min(BASELINE_SAMPLE, count))
         prefixes = [L.pdf_prefix(r[8], r[7]) for r in sample]
         with timed() as t:
-            hits = sum(L._list_prefix(s3, settings.buckets.letters_pdf, p) is not None for p in prefixes)
+            hits = sum(P.list_prefix(s3, settings.buckets.letters_pdf, p) is not None for p in prefixes)
         assert hits == len(sample), "baseline lookups must find every PDF"
         report.add("baseline: sequential per-letter lookups", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
         with timed() as t:
-            with cf.ThreadPoolExecutor(L.DEFAULT_WORKERS) as pool:
-                list(pool.map(lambda p: L._list_prefix(s3, settings.buckets.letters_pdf, p), prefixes))
+            with cf.ThreadPoolExecutor(P.DEFAULT_WORKERS) as pool:
+                list(pool.map(lambda p: P.list_prefix(s3, settings.buckets.letters_pdf, p), prefixes))
         report.add("per-letter lookups through the pool", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
 
         client_cpu, server_cpu = _process_cpu(), _embedded_s3_cpu(settings)

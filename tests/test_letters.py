@@ -23,7 +23,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from assets import letters as L
-from orchestration.clock import LONDON, letter_deadline, letter_pdf_folder, print_date
+from assets.letters import pdfs as P
+from orchestration.clock import LONDON, letter_deadline, letter_deadline_on, letter_pdf_folder, print_date
 from orchestration.settings import PROJECT_ROOT
 
 UTC = timezone.utc
@@ -125,8 +126,8 @@ def test_deadline_edges_in_london_time(local, expected_deadline):
 def test_deadline_utc_instants_across_the_clock_change():
     assert letter_deadline(london(2026, 3, 29, 17, 31)) == datetime(2026, 3, 29, 16, 30, tzinfo=UTC)
     assert letter_deadline(london(2026, 3, 29, 17, 29)) == datetime(2026, 3, 28, 17, 30, tzinfo=UTC)
-    assert L.letter_deadline_on(date(2026, 10, 24)) == datetime(2026, 10, 24, 16, 30, tzinfo=UTC)
-    assert L.letter_deadline_on(date(2026, 10, 25)) == datetime(2026, 10, 25, 17, 30, tzinfo=UTC)
+    assert letter_deadline_on(date(2026, 10, 24)) == datetime(2026, 10, 24, 16, 30, tzinfo=UTC)
+    assert letter_deadline_on(date(2026, 10, 25)) == datetime(2026, 10, 25, 17, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("created, folder", [
@@ -211,7 +212,7 @@ def test_selection_rules(conn, s3, settings):
     conn.execute(sa.text("INSERT INTO letter_batch_items VALUES (:b, :n, 'k', 10)"), {"b": batch_id, "n": batched["id"]})
     conn.commit()
 
-    selected = L.select_letters(conn, L.letter_deadline_on(PRINT_DAY))
+    selected = L.select_letters(conn, letter_deadline_on(PRINT_DAY))
     assert [letter.id for letter in selected] == [straggler["id"], chosen["id"]]  # ordered by created_at
     result = collate(conn, s3, settings)
     assert result.letters_sending == 2
@@ -227,9 +228,9 @@ def test_selection_rules(conn, s3, settings):
 # ---------------------------------------------------------------------------------------------
 
 
-def _found(service, size, postage="second", n=0) -> L.FoundPdf:
+def _found(service, size, postage="second", n=0) -> P.FoundPdf:
     letter = L.Letter(uuid.UUID(int=n + 1), service, None, f"R{n}", postage, 1, datetime(2026, 1, 1, tzinfo=UTC))
-    return L.FoundPdf(letter, f"2026-01-01/NOTIFY.R{n}.PDF", size, "0" * 64, Path("/nonexistent"))
+    return P.FoundPdf(letter, f"2026-01-01/NOTIFY.R{n}.PDF", size, "0" * 64, Path("/nonexistent"))
 
 
 def test_grouping_limits():
@@ -295,7 +296,7 @@ def test_step_3_moves_only_still_created_letters_of_the_given_batches(conn, s3, 
     for letter in letters:
         put_pdf(s3, settings, letter)
     selected = L.select_letters(conn, L.deadline_for_print_date(PRINT_DAY, AFTER_DEADLINE))
-    gathered = L.gather_pdfs(s3, settings.buckets.letters_pdf, selected, tmp_path)
+    gathered = P.gather_pdfs(s3, settings.buckets.letters_pdf, selected, tmp_path)
     first, second, third = L.plan_batches(conn, PRINT_DAY, gathered.found, max_letters=2)
     cancelled = first.items[1].letter.id
     conn.execute(sa.text("UPDATE notifications SET notification_status = 'cancelled' WHERE id = :id"), {"id": cancelled})
@@ -404,7 +405,7 @@ def test_s3_reader_signs_as_botocore_does(monkeypatch):
                           aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
     for token in (None, "session+token/="):
         credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-        reader = L.S3Reader(client, credentials=credentials)
+        reader = P.S3Reader(client, credentials=credentials)
         for key, query in [("2026-11-20/NOTIFY.ABC.D.2.C.20261120090000.PDF", None),
                            ("odd folder/a+b=c~d é.PDF", None),
                            ("", {"list-type": "2", "prefix": "2026-11-20/", "continuation-token": "a b/c=="})]:
@@ -413,7 +414,7 @@ def test_s3_reader_signs_as_botocore_does(monkeypatch):
             mine = dict(line.split(": ", 1) for line in header_lines)
             target = request_line.split(" ")[1]
             theirs = AWSRequest(method="GET", url=f"http://127.0.0.1:9{target}",
-                                headers={"x-amz-content-sha256": L.EMPTY_SHA256})
+                                headers={"x-amz-content-sha256": P.EMPTY_SHA256})
             botocore.auth.S3SigV4Auth(credentials, "s3", "eu-west-2").add_auth(theirs)
             assert mine["authorization"] == theirs.headers["Authorization"], (key, query, token)
             assert mine["x-amz-date"] == theirs.headers["X-Amz-Date"] == "20261120T175007Z"
@@ -428,22 +429,22 @@ def test_s3_reader_against_the_real_endpoint(s3, settings):
               "2026-11-20/NOTIFY.EMPTY.PDF": b""}
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="AES256")
-    with L.S3Reader(s3) as reader:
+    with P.S3Reader(s3) as reader:
         for _ in range(2):  # the second round reuses the kept-alive connection
             assert {key: reader.get(bucket, key) for key in bodies} == bodies
         with pytest.raises(ClientError) as missing:
             reader.get(bucket, "2026-11-20/NOTIFY.NONE.PDF")
-        assert L._is_missing(missing.value)
+        assert L.keys.is_missing(missing.value)
         # The server dropping an idle kept-alive connection: the next GET goes out on a new one.
         for connection in reader._idle:
             connection.sock.shutdown(socket.SHUT_RDWR)
         assert reader.get(bucket, "2026-11-20/NOTIFY.A.PDF") == bodies["2026-11-20/NOTIFY.A.PDF"]
     from botocore.credentials import Credentials
 
-    with L.S3Reader(s3, credentials=Credentials(settings.aws_access_key_id, "not-the-secret")) as wrong:
+    with P.S3Reader(s3, credentials=Credentials(settings.aws_access_key_id, "not-the-secret")) as wrong:
         with pytest.raises(ClientError) as refused:
             wrong.get(bucket, "2026-11-20/NOTIFY.A.PDF")
-    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403 and not L._is_missing(refused.value)
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403 and not L.keys.is_missing(refused.value)
 
 
 def test_folder_listing_follows_continuation_pages(s3, settings):
@@ -452,8 +453,8 @@ def test_folder_listing_follows_continuation_pages(s3, settings):
     with cf.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF"), keys))
     s3.put_object(Bucket=bucket, Key="2026-11-21/NOTIFY.OTHER.PDF", Body=b"%PDF")
-    with L.S3Reader(s3) as reader:
-        listing, calls = L._list_folder(reader, bucket, "2026-11-20")
+    with P.S3Reader(s3) as reader:
+        listing, calls = P._list_folder(reader, bucket, "2026-11-20")
     assert calls == 2 and listing == [(key, 4) for key in keys]
 
 
@@ -488,7 +489,7 @@ def test_http_responses_chunked_interim_and_close():
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\n<x/>\n",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
     ])
-    connection = L._Connection("127.0.0.1", port)
+    connection = P._Connection("127.0.0.1", port)
     assert connection.get(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"%PDF-1.", True)
     assert connection.get(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n") == (404, b"<x/>\n", True)
     assert connection.get(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"ok", False)
@@ -503,18 +504,18 @@ def test_http_over_tls_checks_the_certificate(tmp_path):
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n%PDF"], tls=server)
-    connection = L._Connection("localhost", port, ssl.create_default_context(cafile=str(cert)))
+    connection = P._Connection("localhost", port, ssl.create_default_context(cafile=str(cert)))
     assert connection.get(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"%PDF", True)
     connection.close()
     port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], tls=server)
     with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for is refused
-        L._Connection("localhost", port, ssl.create_default_context())
+        P._Connection("localhost", port, ssl.create_default_context())
 
 
 def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
     """Across several spool files (chunks of 3 letters) and batches (limit 4 letters), every zip entry
     is the PDF's exact bytes and every manifest line carries the right size and sha256."""
-    monkeypatch.setattr(L, "FETCH_CHUNK", 3)
+    monkeypatch.setattr(P, "FETCH_CHUNK", 3)
     service = add_service(conn)
     bodies = {}
     for i in range(11):
@@ -612,9 +613,9 @@ def test_s3_unreachable_fails_the_run_and_changes_nothing(conn, s3, settings):
     dead = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="y",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
-    with pytest.raises(L.S3_UNREACHABLE):
+    with pytest.raises(P.S3_UNREACHABLE):
         L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=100)
-    with pytest.raises(L.S3_UNREACHABLE):
+    with pytest.raises(P.S3_UNREACHABLE):
         L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=1)
     assert set(statuses(conn).values()) == {"created"} and batches(conn) == []
     # Uploads to an unreachable endpoint: the run fails, the letters stay created.
@@ -628,21 +629,24 @@ def test_s3_unreachable_fails_the_run_and_changes_nothing(conn, s3, settings):
 
 def test_sigkill_between_upload_and_status_update_then_next_run_finishes(conn, s3, settings, database_url):
     letters = _two_services_of_letters(conn, s3, settings)
+    # The fault is a hook passed to the collation: the child SIGKILLs itself once the first zip is stored.
     script = (
-        "import sys; from datetime import date, datetime, timezone;"
+        "import os, signal; from datetime import date, datetime;"
         "from assets.letters import collate_letters; from orchestration.settings import get_settings;"
         "from resources.postgres import make_engine;"
         "s = get_settings();"
         "conn = make_engine(s.database_url).connect();"
-        f"collate_letters(conn, s.s3_client(), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'), workers=1)"
+        "kill = lambda batch: os.kill(os.getpid(), signal.SIGKILL);"
+        f"collate_letters(conn, s.s3_client(), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'),"
+        " workers=1, after_upload=kill)"
     )
-    env = {**os.environ, "PSO_DATABASE_URL": database_url, L.FAULT_ENV: "kill_after_upload"}
+    env = {**os.environ, "PSO_DATABASE_URL": database_url}
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     planned = batches(conn)
     assert len(planned) == 2 and {b["state"] for b in planned} == {0}
     assert set(statuses(conn).values()) == {"created"}  # uploaded, but never marked
-    uploaded = [b for b in planned if L._object_exists(s3, settings.buckets.letter_batches,
+    uploaded = [b for b in planned if L.object_exists(s3, settings.buckets.letter_batches,
                                                        L.zip_key(b["print_date"], b["zip_name"]))]
     assert len(uploaded) >= 1
 
@@ -784,7 +788,7 @@ def test_contact_list_archive_deletes_the_object(conn, s3, settings, resources):
     assert stored["Body"].read().decode().splitlines()[1] == "1 Test Street,SW1A 1AA"
 
     assert L.archive_contact_list(conn, s3, bucket, list_id) is True
-    assert not L._object_exists(s3, bucket, key)
+    assert not L.object_exists(s3, bucket, key)
     assert conn.execute(sa.text("SELECT archived FROM service_contact_list WHERE id = :id"), {"id": list_id}).scalar()
     conn.commit()
     assert L.archive_contact_list(conn, s3, bucket, list_id) is True  # idempotent
@@ -801,7 +805,7 @@ def test_contact_list_archive_deletes_the_object(conn, s3, settings, resources):
     result = materialize([L.contact_list_objects_asset], resources=resources, instance=DagsterInstance.ephemeral())
     metadata = result.asset_materializations_for_node("contact_list_objects")[0].metadata
     assert metadata["objects_deleted"].value == 1 and metadata["live_list_ids_without_object"].value == [str(orphan)]
-    assert not L._object_exists(s3, bucket, L.contact_list_key(service, half))
+    assert not L.object_exists(s3, bucket, L.contact_list_key(service, half))
 
 
 # ---------------------------------------------------------------------------------------------
