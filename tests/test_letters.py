@@ -6,21 +6,20 @@ import hashlib
 import io
 import json
 import os
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 import uuid
 import zipfile
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
+import obstore
+import obstore.exceptions
 import pytest
 import sqlalchemy as sa
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from assets import letters as L
 from assets.letters import pdfs as P
@@ -90,6 +89,7 @@ def batch_items(conn) -> dict:
 
 
 def collate(conn, s3, settings, day=PRINT_DAY, now=AFTER_DEADLINE, **kwargs):
+    kwargs.setdefault("reads", P.S3Access.of_settings(settings))
     return L.collate_letters(conn, s3, settings.buckets, day, now, **kwargs)
 
 
@@ -296,7 +296,7 @@ def test_step_3_moves_only_still_created_letters_of_the_given_batches(conn, s3, 
     for letter in letters:
         put_pdf(s3, settings, letter)
     selected = L.select_letters(conn, L.deadline_for_print_date(PRINT_DAY, AFTER_DEADLINE))
-    gathered = P.gather_pdfs(s3, settings.buckets.letters_pdf, selected, tmp_path)
+    gathered = P.gather_pdfs(P.S3Access.of_settings(settings), settings.buckets.letters_pdf, selected, tmp_path)
     first, second, third = L.plan_batches(conn, PRINT_DAY, gathered.found, max_letters=2)
     cancelled = first.items[1].letter.id
     conn.execute(sa.text("UPDATE notifications SET notification_status = 'cancelled' WHERE id = :id"), {"id": cancelled})
@@ -388,40 +388,11 @@ def test_a_future_print_day_is_refused(conn, s3, settings):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 3 at volume: the S3 reader (SigV4, kept-alive connections), zips equal to the PDFs
+# Rule 3: reading through obstore (what is a PDF, listings, refusals), zips equal to the PDFs
 # ---------------------------------------------------------------------------------------------
 
 
-def test_s3_reader_signs_as_botocore_does(monkeypatch):
-    """The reader's SigV4 header signature equals botocore's for the same request and instant
-    (with a session token, a query string and a key that needs escaping)."""
-    import botocore.auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    at = datetime(2026, 11, 20, 17, 50, 7, tzinfo=UTC)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: at.replace(tzinfo=None))
-    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9/base", region_name="eu-west-2",
-                          aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
-    for token in (None, "session+token/="):
-        credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-        reader = P.S3Reader(client, credentials=credentials)
-        for key, query in [("2026-11-20/NOTIFY.ABC.D.2.C.20261120090000.PDF", None),
-                           ("odd folder/a+b=c~d é.PDF", None),
-                           ("", {"list-type": "2", "prefix": "2026-11-20/", "continuation-token": "a b/c=="})]:
-            head = reader.signed_head("my-bucket", key, query, at=at.timestamp()).decode()
-            request_line, *header_lines = head.split("\r\n")[:-2]
-            mine = dict(line.split(": ", 1) for line in header_lines)
-            target = request_line.split(" ")[1]
-            theirs = AWSRequest(method="GET", url=f"http://127.0.0.1:9{target}",
-                                headers={"x-amz-content-sha256": P.EMPTY_SHA256})
-            botocore.auth.S3SigV4Auth(credentials, "s3", "eu-west-2").add_auth(theirs)
-            assert mine["authorization"] == theirs.headers["Authorization"], (key, query, token)
-            assert mine["x-amz-date"] == theirs.headers["X-Amz-Date"] == "20261120T175007Z"
-            assert target.startswith("/base/my-bucket")
-
-
-def test_s3_reader_against_the_real_endpoint(s3, settings):
+def test_reads_fetch_exact_bytes_and_sort_out_missing_refused_and_unreachable(s3, settings):
     bucket = settings.buckets.letters_pdf
     bodies = {"2026-11-20/NOTIFY.A.PDF": b"%PDF-1.7\r\n\r\nHTTP/1.1 200 OK\r\n" + bytes(range(256)) * 3,
               "2026-11-20/NOTIFY.BIG.PDF": b"%PDF-1.7 " + os.urandom(300_000),
@@ -429,22 +400,17 @@ def test_s3_reader_against_the_real_endpoint(s3, settings):
               "2026-11-20/NOTIFY.EMPTY.PDF": b""}
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="AES256")
-    with P.S3Reader(s3) as reader:
-        for _ in range(2):  # the second round reuses the kept-alive connection
-            assert {key: reader.get(bucket, key) for key in bodies} == bodies
-        with pytest.raises(ClientError) as missing:
-            reader.get(bucket, "2026-11-20/NOTIFY.NONE.PDF")
-        assert L.keys.is_missing(missing.value)
-        # The server dropping an idle kept-alive connection: the next GET goes out on a new one.
-        for connection in reader._idle:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-        assert reader.get(bucket, "2026-11-20/NOTIFY.A.PDF") == bodies["2026-11-20/NOTIFY.A.PDF"]
-    from botocore.credentials import Credentials
-
-    with P.S3Reader(s3, credentials=Credentials(settings.aws_access_key_id, "not-the-secret")) as wrong:
-        with pytest.raises(ClientError) as refused:
-            wrong.get(bucket, "2026-11-20/NOTIFY.A.PDF")
-    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403 and not L.keys.is_missing(refused.value)
+    store = P.S3Access.of_settings(settings).store(bucket)
+    for _ in range(2):  # the second round reuses the pooled connections
+        assert {key: bytes(obstore.get(store, key).bytes()) for key in bodies} == bodies
+    with pytest.raises(FileNotFoundError):
+        obstore.get(store, "2026-11-20/NOTIFY.NONE.PDF")
+    wrong = replace(P.S3Access.of_settings(settings), secret_access_key="not-the-secret").store(bucket)
+    with pytest.raises(P.REFUSED):
+        obstore.get(wrong, "2026-11-20/NOTIFY.A.PDF")
+    dead = P.S3Access("http://127.0.0.1:9", "us-east-1", "x", "y").store(bucket)
+    with pytest.raises(P.S3Unreachable):
+        P.locate_pdfs(dead, [L.Letter(uuid.uuid4(), uuid.uuid4(), None, "A", "second", 1, london(2026, 11, 20, 9, 0))])
 
 
 def test_folder_listing_follows_continuation_pages(s3, settings):
@@ -453,63 +419,35 @@ def test_folder_listing_follows_continuation_pages(s3, settings):
     with cf.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF"), keys))
     s3.put_object(Bucket=bucket, Key="2026-11-21/NOTIFY.OTHER.PDF", Body=b"%PDF")
-    with P.S3Reader(s3) as reader:
-        listing, calls = P._list_folder(reader, bucket, "2026-11-20")
-    assert calls == 2 and listing == [(key, 4) for key in keys]
+    s3.put_object(Bucket=bucket, Key="2026-11-200/NOTIFY.NEIGHBOUR.PDF", Body=b"%PDF")  # not in the folder
+    assert P.list_folder(P.S3Access.of_settings(settings).store(bucket), "2026-11-20") == [(key, 4) for key in keys]
 
 
-def _serve_once(responses: list[bytes], tls=None) -> int:
-    """A one-connection TCP server that answers each request it reads with the next canned response."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        connection, _ = listener.accept()
-        listener.close()
-        if tls is not None:
-            try:
-                connection = tls.wrap_socket(connection, server_side=True)
-            except ssl.SSLError:  # the client refused the certificate
-                connection.close()
-                return
-        with connection, connection.makefile("rb") as requests:
-            for response in responses:
-                while requests.readline() not in (b"\r\n", b""):
-                    pass
-                connection.sendall(response)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1]
-
-
-def test_http_responses_chunked_interim_and_close():
-    """The reader's HTTP/1.1 parsing of forms an S3-compatible server may use (SeaweedFS sends
-    Content-Length): chunked bodies with extensions and trailers, a 100 interim response, close."""
-    port = _serve_once([
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n%PDF\r\n3\r\n-1.\r\n0\r\nX-Trailer: t\r\n\r\n",
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\n<x/>\n",
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-    ])
-    connection = P._Connection("127.0.0.1", port)
-    assert connection.get(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"%PDF-1.", True)
-    assert connection.get(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n") == (404, b"<x/>\n", True)
-    assert connection.get(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"ok", False)
-    connection.close()
-
-
-def test_http_over_tls_checks_the_certificate(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
-    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n%PDF"], tls=server)
-    connection = P._Connection("localhost", port, ssl.create_default_context(cafile=str(cert)))
-    assert connection.get(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"%PDF", True)
-    connection.close()
-    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], tls=server)
-    with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for is refused
-        P._Connection("localhost", port, ssl.create_default_context())
+@pytest.mark.parametrize("suffixes, batched", [
+    ((".PDF",), ".PDF"),
+    ((".pdf",), ".pdf"),
+    ((".ZIP",), None),  # PDF bytes, but not a PDF's key: never batched
+    ((".zip",), None),
+    ((".PDF.zip",), None),
+    ((".ZIP", ".pdf"), ".pdf"),  # the first object under the prefix is passed over for the first PDF
+])
+@pytest.mark.parametrize("folder_listing_min", [1, 100])  # the folder listed once, or the letter alone
+def test_only_a_key_ending_in_pdf_is_a_letters_pdf(conn, s3, settings, suffixes, batched, folder_listing_min):
+    """§4.4 rule 3: the first object under the prefix whose key ends in `.pdf`, in any case."""
+    service = add_service(conn)
+    letter = add_letter(conn, service, london(2026, 11, 20, 10, 0))
+    _, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
+                            reference=letter["reference"], postage="second", created_at=letter["created_at"])
+    stem = key.removesuffix(".PDF")
+    for suffix in suffixes:
+        s3.put_object(Bucket=settings.buckets.letters_pdf, Key=stem + suffix, Body=b"%PDF-1.7 " + suffix.encode())
+    result = collate(conn, s3, settings, folder_listing_min=folder_listing_min)
+    if batched is None:
+        assert result.missing == [letter["id"]] and result.batches == []
+        assert statuses(conn)[letter["id"]] == "created"
+    else:
+        assert result.missing == [] and [i.key for b in result.batches for i in b.items] == [stem + batched]
+        assert statuses(conn)[letter["id"]] == "sending"
 
 
 def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
@@ -593,8 +531,7 @@ def _client_cut_after(settings, good_zip_uploads: int):
 def test_s3_unreachable_mid_collation_then_next_run_completes(conn, s3, settings):
     letters = _two_services_of_letters(conn, s3, settings)
     with pytest.raises(RuntimeError, match="failed while uploading"):
-        L.collate_letters(conn, s3, settings.buckets, PRINT_DAY, AFTER_DEADLINE, workers=1,
-                          batches_s3=_client_cut_after(settings, good_zip_uploads=1))
+        collate(conn, _client_cut_after(settings, good_zip_uploads=1), settings, workers=1)
     # The first batch went up and was marked; the second stays planned with its letters created.
     assert sorted(b["state"] for b in batches(conn)) == [0, 1]
     assert sorted(statuses(conn).values()) == ["created"] * 3 + ["sending"] * 3
@@ -613,14 +550,15 @@ def test_s3_unreachable_fails_the_run_and_changes_nothing(conn, s3, settings):
     dead = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="y",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    dead_reads = P.S3Access("http://127.0.0.1:9", "us-east-1", "x", "y")
     with pytest.raises(P.S3_UNREACHABLE):
-        L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=100)
+        collate(conn, s3, settings, reads=dead_reads, folder_listing_min=100)
     with pytest.raises(P.S3_UNREACHABLE):
-        L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=1)
+        collate(conn, s3, settings, reads=dead_reads, folder_listing_min=1)
     assert set(statuses(conn).values()) == {"created"} and batches(conn) == []
     # Uploads to an unreachable endpoint: the run fails, the letters stay created.
     with pytest.raises(RuntimeError, match="failed while uploading"):
-        L.collate_letters(conn, s3, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=dead)
+        collate(conn, dead, settings)
     assert set(statuses(conn).values()) == {"created"}
     result = collate(conn, s3, settings)
     assert set(statuses(conn).values()) == {"sending"} and result.leftovers_discarded == 2

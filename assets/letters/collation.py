@@ -36,11 +36,12 @@ from assets.letters.batches import (
     resolve_leftover_batches,
     upload_batch,
 )
-from assets.letters.pdfs import DEFAULT_WORKERS, FOLDER_LISTING_MIN_LETTERS, gather_pdfs
+from assets.letters.pdfs import DEFAULT_WORKERS, FOLDER_LISTING_MIN_LETTERS, S3Access, gather_pdfs
 from assets.letters.selection import select_letters
 from assets.letters.still_created import format_ids
 from orchestration.clock import letter_deadline_on, now_utc, print_date as print_date_of
 from orchestration.schema import POSTAGES, LetterBatchState
+from orchestration.settings import get_settings
 from resources.s3 import S3Buckets
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,13 @@ def report_skipped(result: CollationResult, echo: Callable[[str], None]) -> None
 def collate_letters(conn: sa.Connection, s3, buckets: S3Buckets, day: date, now: datetime | None = None,
                     workers: int = DEFAULT_WORKERS, max_letters: int = MAX_BATCH_LETTERS,
                     max_bytes: int = MAX_BATCH_BYTES, folder_listing_min: int = FOLDER_LISTING_MIN_LETTERS,
-                    batches_s3=None, echo: Callable[[str], None] = log.info,
+                    reads: S3Access | None = None, echo: Callable[[str], None] = log.info,
                     after_upload: Callable[[PlannedBatch], None] | None = None) -> CollationResult:
-    """Collate print day `day` (§4.4). `batches_s3` (default `s3`) is the client for the batches bucket."""
+    """Collate print day `day` (§4.4). `s3` is the boto3 client of the batches bucket (uploads with SSE,
+    leftovers); `reads` reaches the letters-PDF bucket (default: the settings' endpoint and keys)."""
     now = now or now_utc()
-    batches_s3 = batches_s3 or s3
+    reads = reads or S3Access.of_settings(get_settings())
+    batches_s3 = s3
     result = CollationResult(day, deadline_for_print_date(day, now))
     clock = time.perf_counter()
 
@@ -181,7 +184,7 @@ def collate_letters(conn: sa.Connection, s3, buckets: S3Buckets, day: date, now:
 
     workdir = Path(tempfile.mkdtemp(prefix="pso-letters-"))
     try:
-        gathered = gather_pdfs(s3, buckets.letters_pdf, letters, workdir, workers, folder_listing_min)
+        gathered = gather_pdfs(reads, buckets.letters_pdf, letters, workdir, workers, folder_listing_min)
         result.missing, result.invalid, result.lookup_errors = gathered.missing, gathered.invalid, gathered.errors
         result.list_calls = gathered.list_calls
         result.seconds["lookup"], result.seconds["fetch"] = gathered.lookup_seconds, gathered.fetch_seconds

@@ -25,6 +25,7 @@ from dagster_aws.s3 import S3Resource
 from assets.letters.collation import collate_letters
 from assets.letters.contact_lists import returned_letter_summary, sweep_archived_contact_lists
 from assets.letters.keys import object_exists, zip_key
+from assets.letters.pdfs import S3Access
 from assets.letters.still_created import ID_LIST_LIMIT, format_ids, record_letters_still_created_alert
 from orchestration.clock import now_utc
 from orchestration.partitions import print_days_partitions
@@ -70,7 +71,8 @@ def letter_batches_asset(context: AssetExecutionContext, postgres: PostgresResou
                          buckets: S3Buckets) -> MaterializeResult:
     day = _print_day(context)
     with postgres.connect() as conn:
-        result = collate_letters(conn, s3.get_client(), buckets, day, now_utc(), echo=context.log.info)
+        result = collate_letters(conn, s3.get_client(), buckets, day, now_utc(), reads=S3Access.of_resource(s3),
+                                 echo=context.log.info)
     volumes_table = "| postage | letters | sheets |\n|---|---:|---:|\n" + "\n".join(
         f"| {p} | {v['letters']} | {v['sheets']} |" for p, v in result.volumes.items())
     metadata = {
