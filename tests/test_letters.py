@@ -16,7 +16,6 @@ from pathlib import Path
 
 import boto3
 import obstore
-import obstore.exceptions
 import pytest
 import sqlalchemy as sa
 from botocore.config import Config
@@ -382,6 +381,54 @@ def test_collation_end_to_end_and_idempotent_rerun(conn, s3, settings):
     assert max(b["sequence"] for b in batches(conn) if b["postage"] == "second") == 2
 
 
+UNBATCHABLE_CASES = [  # (column changes, reasons)
+    ({"reference": None}, ["no_reference"]),
+    ({"postage": None}, ["no_postage"]),
+    ({"billable_units": 0}, ["no_sheets"]),
+    ({"billable_units": -2}, ["no_sheets"]),
+    ({"reference": "../A B?%#é/x"}, ["reference_not_a_key"]),
+    ({"reference": "A B"}, ["reference_not_a_key"]),
+    ({"reference": "ABC/DEF"}, ["reference_not_a_key"]),
+    ({"reference": "ABC\n"}, ["reference_not_a_key"]),
+    ({"reference": "A" * 976}, ["reference_not_a_key"]),  # its PDF key would pass S3's 1,024 bytes
+    ({"reference": None, "postage": None, "billable_units": 0}, ["no_reference", "no_postage", "no_sheets"]),
+]
+
+
+def test_a_letter_no_run_can_collate_is_named_with_its_reasons(conn, s3, settings):
+    """Issue 18 item 9: not "no PDF yet" on every run, but named by id and reason, run after run."""
+    service = add_service(conn)
+    t = london(2026, 11, 20, 9, 0)
+    good = add_letter(conn, service, t)
+    put_pdf(s3, settings, good)
+    expected = []
+    for i, (changes, reasons) in enumerate(UNBATCHABLE_CASES):
+        stuck = add_letter(conn, service, t + timedelta(minutes=i + 1))
+        put_pdf(s3, settings, stuck)  # its PDF under the original reference: found or not, it is not batched
+        assignments = ", ".join(f"{column} = :{column}" for column in changes)
+        conn.execute(sa.text(f"UPDATE notifications SET {assignments} WHERE id = :id"), {**changes, "id": stuck["id"]})
+        conn.commit()
+        expected.append((stuck["id"], reasons))
+    for folder_listing_min in (1, 100):
+        messages = []
+        result = collate(conn, s3, settings, echo=messages.append, folder_listing_min=folder_listing_min)
+        assert result.unbatchable == expected
+        assert result.missing == [] and result.invalid == [] and result.lookup_errors == []
+        named = " ".join(m for m in messages if "can never be collated" in m)
+        for notification_id, reasons in expected:
+            assert str(notification_id) in named and all(f"({reason};" in named for reason in reasons)
+    assert statuses(conn) == {good["id"]: "sending", **{i: "created" for i, _ in expected}}
+    assert L.unbatchable_letters(conn, letter_deadline_on(PRINT_DAY)) == expected
+
+
+def test_a_reference_of_key_safe_punctuation_is_collated(conn, s3, settings):
+    service = add_service(conn)
+    letter = add_letter(conn, service, london(2026, 11, 20, 9, 0), reference="r-1_x.Y(2)*'!" * 4)
+    put_pdf(s3, settings, letter)
+    assert collate(conn, s3, settings).letters_sending == 1 and statuses(conn)[letter["id"]] == "sending"
+    assert L.keys.MAX_REFERENCE_LENGTH == 975
+
+
 def test_a_future_print_day_is_refused(conn, s3, settings):
     with pytest.raises(ValueError, match="not collatable yet"):
         collate(conn, s3, settings, day=PRINT_DAY, now=london(2026, 11, 20, 17, 29))
@@ -423,31 +470,37 @@ def test_folder_listing_follows_continuation_pages(s3, settings):
     assert P.list_folder(P.S3Access.of_settings(settings).store(bucket), "2026-11-20") == [(key, 4) for key in keys]
 
 
-@pytest.mark.parametrize("suffixes, batched", [
+SUFFIX_CASES = [  # (objects under the letter's prefix, the one batched)
     ((".PDF",), ".PDF"),
     ((".pdf",), ".pdf"),
     ((".ZIP",), None),  # PDF bytes, but not a PDF's key: never batched
     ((".zip",), None),
     ((".PDF.zip",), None),
     ((".ZIP", ".pdf"), ".pdf"),  # the first object under the prefix is passed over for the first PDF
-])
-@pytest.mark.parametrize("folder_listing_min", [1, 100])  # the folder listed once, or the letter alone
-def test_only_a_key_ending_in_pdf_is_a_letters_pdf(conn, s3, settings, suffixes, batched, folder_listing_min):
-    """§4.4 rule 3: the first object under the prefix whose key ends in `.pdf`, in any case."""
+]
+
+
+def test_only_a_key_ending_in_pdf_is_a_letters_pdf(conn, s3, settings):
+    """§4.4 rule 3: the first object under the prefix whose key ends in `.pdf`, in any case; a letter
+    with none has no PDF yet. Both lookups: the folder listed once, then each letter's prefix alone."""
     service = add_service(conn)
-    letter = add_letter(conn, service, london(2026, 11, 20, 10, 0))
-    _, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
-                            reference=letter["reference"], postage="second", created_at=letter["created_at"])
-    stem = key.removesuffix(".PDF")
-    for suffix in suffixes:
-        s3.put_object(Bucket=settings.buckets.letters_pdf, Key=stem + suffix, Body=b"%PDF-1.7 " + suffix.encode())
-    result = collate(conn, s3, settings, folder_listing_min=folder_listing_min)
-    if batched is None:
-        assert result.missing == [letter["id"]] and result.batches == []
-        assert statuses(conn)[letter["id"]] == "created"
-    else:
-        assert result.missing == [] and [i.key for b in result.batches for i in b.items] == [stem + batched]
-        assert statuses(conn)[letter["id"]] == "sending"
+    for day, folder_listing_min in ((20, 1), (19, 100)):
+        expected = {}
+        for i, (suffixes, batched) in enumerate(SUFFIX_CASES):
+            letter = add_letter(conn, service, london(2026, 11, day, 10, i))
+            _, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
+                                    reference=letter["reference"], postage="second", created_at=letter["created_at"])
+            stem = key.removesuffix(".PDF")
+            for suffix in suffixes:
+                s3.put_object(Bucket=settings.buckets.letters_pdf, Key=stem + suffix,
+                              Body=b"%PDF-1.7 " + suffix.encode())
+            expected[letter["id"]] = stem + batched if batched else None
+        result = collate(conn, s3, settings, folder_listing_min=folder_listing_min)
+        keys = {i.letter.id: i.key for b in result.batches for i in b.items}
+        assert keys == {i: key for i, key in expected.items() if key}, folder_listing_min
+        assert {i for i, key in expected.items() if key is None} <= set(result.missing)
+        after = statuses(conn)
+        assert all(after[i] == ("sending" if key else "created") for i, key in expected.items())
 
 
 def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
@@ -610,15 +663,30 @@ def test_materialize_print_day_partition_with_checks(conn, s3, settings, resourc
 
     letters = _two_services_of_letters(conn, s3, settings, per_service=2)
     monkeypatch.setenv("PSO_NOW", AFTER_DEADLINE.isoformat())
-    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches],
+    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches,
+                          L.every_waiting_letter_collatable],
                          partition_key="2026-11-20", resources=resources, instance=DagsterInstance.ephemeral())
     assert result.success
     metadata = result.asset_materializations_for_node("letter_batches")[0].metadata
     assert metadata["letters_sending"].value == len(letters)
     assert metadata["letters_second"].value == len(letters) and metadata["sheets_second"].value == len(letters)
-    assert metadata["batches_uploaded"].value == 2
+    assert metadata["batches_uploaded"].value == 2 and metadata["letters_unbatchable"].value == 0
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"no_letter_sending_without_zip": True, "no_letter_in_two_batches": True}
+    assert checks == {"no_letter_sending_without_zip": True, "no_letter_in_two_batches": True,
+                      "every_waiting_letter_collatable": True}
+
+    # A letter no run can collate: the run's metadata and the check name it, with its reason.
+    stuck = add_letter(conn, letters[0]["service_id"], london(2026, 11, 20, 9, 0), reference="../A B?%#é/x")
+    named = materialize([L.letter_batches_asset, L.every_waiting_letter_collatable], partition_key="2026-11-20",
+                        resources=resources, instance=DagsterInstance.ephemeral())
+    metadata = named.asset_materializations_for_node("letter_batches")[0].metadata
+    expected = [{"notification_id": str(stuck["id"]), "reasons": ["reference_not_a_key"]}]
+    assert metadata["unbatchable_letters"].value == expected and metadata["letters_unbatchable_reference_not_a_key"].value == 1
+    evaluation = named.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and evaluation.severity.value == "WARN"
+    assert evaluation.metadata["unbatchable_letters"].value == expected
+    conn.execute(sa.text("DELETE FROM notifications WHERE id = :id"), {"id": stuck["id"]})
+    conn.commit()
 
     # A letter marked sending outside any batch fails the check (named by id).
     upstream = add_letter(conn, letters[0]["service_id"], london(2026, 11, 1, 8, 0), status="sending")
@@ -768,8 +836,8 @@ def test_generator_letters_collate_with_the_planted_faults(database_url, conn, s
     assert conn.execute(sa.text("SELECT count(*) FROM service_contact_list")).scalar() == 1
 
 
-def test_demo_data_of_both_notify_generators_collates_with_passing_checks(database_url, s3, settings, resources,
-                                                                          monkeypatch):
+def test_demo_data_of_both_notify_generators_collates_with_its_checks(database_url, engine, s3, settings, resources,
+                                                                      monkeypatch):
     """The notifications generator's letters (incl. upstream-sent ones) and ours, then a scheduled-style run."""
     from dagster import DagsterInstance, materialize
 
@@ -779,9 +847,18 @@ def test_demo_data_of_both_notify_generators_collates_with_passing_checks(databa
     seed_all(database_url, scale=0.05, s3=s3, settings=settings, now=now, echo=lambda *_: None,
              families=["orchestration.synthetic.notifications", "orchestration.synthetic.letters"])
     monkeypatch.setenv("PSO_NOW", now.isoformat())
-    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches],
-                         partition_key="2026-11-20", resources=resources, instance=DagsterInstance.ephemeral())
+    result = materialize([L.letter_batches_asset, *L.asset_checks], partition_key="2026-11-20",
+                         resources=resources, instance=DagsterInstance.ephemeral())
     metadata = result.asset_materializations_for_node("letter_batches")[0].metadata
     assert metadata["letters_sending"].value > 0 and metadata["letters_invalid_pdf"].value == 2
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
-        "no_letter_sending_without_zip": True, "no_letter_in_two_batches": True}
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in evaluations.items()} == {
+        "no_letter_sending_without_zip": True, "no_letter_in_two_batches": True,
+        "every_waiting_letter_collatable": False}
+    # The generator's letters stuck before validation (0 sheets) are the ones named, each with its reason.
+    with engine.connect() as conn:
+        stuck = conn.execute(sa.text("""SELECT id FROM notifications WHERE notification_type = 'letter'
+            AND notification_status = 'created' AND key_type = 'normal' AND billable_units = 0
+            AND created_at < :deadline ORDER BY created_at, id"""), {"deadline": letter_deadline(now)}).scalars().all()
+    assert stuck and evaluations["every_waiting_letter_collatable"].metadata["unbatchable_letters"].value == [
+        {"notification_id": str(i), "reasons": ["no_sheets"]} for i in stuck]

@@ -29,6 +29,7 @@ from assets.letters.definitions import (
     assets,
     asset_checks,
     contact_list_objects_asset,
+    every_waiting_letter_collatable,
     jobs,
     letter_batches_asset,
     letter_collation_job,
@@ -49,16 +50,16 @@ from assets.letters.keys import (
     pdf_prefix,
     zip_key,
 )
-from assets.letters.selection import Letter, select_letters
+from assets.letters.selection import Letter, select_letters, unbatchable_letters
 from assets.letters.still_created import record_letters_still_created_alert
 
 __all__ = [
     "MAX_BATCH_BYTES", "MAX_BATCH_LETTERS", "POSTAGE_CODES", "CollationResult", "Letter", "PlannedBatch",
     "archive_contact_list", "asset_checks", "assets", "batch_hash", "batch_zip_name", "collate_letters",
-    "complete_batches", "contact_list_key", "contact_list_objects_asset", "deadline_for_print_date",
+    "complete_batches", "contact_list_key", "contact_list_objects_asset", "deadline_for_print_date", "every_waiting_letter_collatable",
     "group_into_batches", "jobs", "letter_batches_asset", "letter_collation_job", "letters_still_created_alert_job",
     "manifest_key", "no_letter_in_two_batches", "no_letter_sending_without_zip", "object_exists", "pdf_file_name",
     "pdf_location", "pdf_prefix", "plan_batches", "record_letters_still_created_alert", "returned_letter_summary",
-    "returned_letter_summary_asset", "select_letters", "store_contact_list", "sweep_archived_contact_lists",
+    "returned_letter_summary_asset", "select_letters", "store_contact_list", "unbatchable_letters", "sweep_archived_contact_lists",
     "zip_key",
 ]

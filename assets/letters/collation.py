@@ -37,7 +37,7 @@ from assets.letters.batches import (
     upload_batch,
 )
 from assets.letters.pdfs import DEFAULT_WORKERS, FOLDER_LISTING_MIN_LETTERS, S3Access, gather_pdfs
-from assets.letters.selection import select_letters
+from assets.letters.selection import select_letters, unbatchable_letters
 from assets.letters.still_created import format_ids
 from orchestration.clock import letter_deadline_on, now_utc, print_date as print_date_of
 from orchestration.schema import POSTAGES, LetterBatchState
@@ -80,6 +80,8 @@ class CollationResult:
     print_date: date
     deadline: datetime
     selected: int = 0
+    # Letters no collation can take as they stand, with why (selection.unbatchable_letters).
+    unbatchable: list[tuple[uuid.UUID, list[str]]] = field(default_factory=list)
     missing: list[uuid.UUID] = field(default_factory=list)
     invalid: list[uuid.UUID] = field(default_factory=list)
     lookup_errors: list[uuid.UUID] = field(default_factory=list)
@@ -146,7 +148,17 @@ def upload_and_mark(conn: sa.Connection, batches_s3, bucket: str, planned: list[
             f"at the start of the next run: {failure}") from failure
 
 
+def unbatchable_by_reason(result: CollationResult) -> dict[str, list[uuid.UUID]]:
+    by_reason: dict[str, list[uuid.UUID]] = {}
+    for notification_id, reasons in result.unbatchable:
+        for reason in reasons:
+            by_reason.setdefault(reason, []).append(notification_id)
+    return by_reason
+
+
 def report_skipped(result: CollationResult, echo: Callable[[str], None]) -> None:
+    for reason, ids in unbatchable_by_reason(result).items():
+        echo(f"{len(ids)} letters can never be collated as they stand ({reason}; left created): {format_ids(ids)}")
     if result.missing:
         echo(f"{len(result.missing)} letters have no PDF yet (left created, retried next run): "
              f"{format_ids(result.missing)}")
@@ -179,6 +191,7 @@ def collate_letters(conn: sa.Connection, s3, buckets: S3Buckets, day: date, now:
     clock = time.perf_counter()
     letters = select_letters(conn, result.deadline)
     result.selected = len(letters)
+    result.unbatchable = unbatchable_letters(conn, result.deadline)
     result.seconds["select"] = time.perf_counter() - clock
     echo(f"print day {day}: {len(letters)} letters created before {result.deadline.isoformat()} to collate")
 

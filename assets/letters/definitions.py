@@ -22,12 +22,13 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from assets.letters.collation import collate_letters
+from assets.letters.collation import collate_letters, unbatchable_by_reason
 from assets.letters.contact_lists import returned_letter_summary, sweep_archived_contact_lists
 from assets.letters.keys import object_exists, zip_key
 from assets.letters.pdfs import S3Access
+from assets.letters.selection import unbatchable_letters
 from assets.letters.still_created import ID_LIST_LIMIT, format_ids, record_letters_still_created_alert
-from orchestration.clock import now_utc
+from orchestration.clock import letter_deadline, now_utc
 from orchestration.partitions import print_days_partitions
 from orchestration.schema import LetterBatchState
 from resources.postgres import PostgresResource
@@ -80,6 +81,9 @@ def letter_batches_asset(context: AssetExecutionContext, postgres: PostgresResou
         "deadline": result.deadline.isoformat(),
         "letters_selected": result.selected,
         "letters_missing_pdf": len(result.missing),
+        "letters_unbatchable": len(result.unbatchable),
+        "unbatchable_letters": MetadataValue.json(unbatchable_json(result.unbatchable)),
+        **{f"letters_unbatchable_{reason}": len(ids) for reason, ids in unbatchable_by_reason(result).items()},
         "letters_invalid_pdf": len(result.invalid),
         "invalid_pdf_notification_ids": [str(i) for i in result.invalid[:ID_LIST_LIMIT]],
         "letters_lookup_errors": len(result.lookup_errors),
@@ -124,6 +128,28 @@ def no_letter_sending_without_zip(postgres: PostgresResource, s3: S3Resource, bu
         metadata={"sending_letters_not_in_uploaded_batch": len(unbatched),
                   "notification_ids": [str(i) for i in unbatched[:ID_LIST_LIMIT]],
                   "batches_checked": len(batches), "batches_without_zip": [str(i) for i in without_zip[:ID_LIST_LIMIT]]})
+
+
+def unbatchable_json(unbatchable: list) -> list[dict]:
+    return [{"notification_id": str(i), "reasons": reasons} for i, reasons in unbatchable[:ID_LIST_LIMIT]]
+
+
+@asset_check(asset=letter_batches_asset, name="every_waiting_letter_collatable",
+             description="Every normal letter waiting for print before the last 17:30 deadline can be collated as it "
+                         "stands; the others are named by notification id and reason (no_reference, no_postage, "
+                         "no_sheets, reference_not_a_key). Letters whose PDF has not arrived are not counted: a "
+                         "later run takes them.")
+def every_waiting_letter_collatable(postgres: PostgresResource) -> AssetCheckResult:
+    with postgres.connect() as conn:
+        unbatchable = unbatchable_letters(conn, letter_deadline(now_utc()))
+    counts: dict[str, int] = {}
+    for _, reasons in unbatchable:
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    return AssetCheckResult(
+        passed=not unbatchable, severity=AssetCheckSeverity.WARN,
+        metadata={"letters_unbatchable": len(unbatchable), **{f"letters_{r}": n for r, n in sorted(counts.items())},
+                  "unbatchable_letters": MetadataValue.json(unbatchable_json(unbatchable))})
 
 
 @asset_check(asset=letter_batches_asset, name="no_letter_in_two_batches",
@@ -191,5 +217,5 @@ letter_collation_job = define_asset_job(
 
 assets: list = [letter_pdfs_source, returned_letters_source, contact_lists_source,
                 letter_batches_asset, returned_letter_summary_asset, contact_list_objects_asset]
-asset_checks: list = [no_letter_sending_without_zip, no_letter_in_two_batches]
+asset_checks: list = [no_letter_sending_without_zip, no_letter_in_two_batches, every_waiting_letter_collatable]
 jobs: list = [letter_collation_job, letters_still_created_alert_job]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import uuid
 from datetime import date, datetime
 from typing import Iterable
@@ -20,6 +19,8 @@ POSTAGE_CODES = {"first": "1", "second": "2", "economy": "ECONOMY", "europe": "E
 # and ! - _ . * ' ( )): no "/" (another folder), spaces, "?", "%", "#" or non-ASCII.
 KEY_SAFE_REFERENCE = r"^[A-Za-z0-9!_.*'()-]+$"
 MAX_KEY_BYTES = 1024
+# The longest PDF key around its reference: `YYYY-MM-DD/NOTIFY.` + `.D.ECONOMY.C.YYYYmmddHHMMSS.PDF`.
+MAX_REFERENCE_LENGTH = MAX_KEY_BYTES - len("2026-01-01/NOTIFY..D.ECONOMY.C.20260101000000.PDF")
 PDF_SUFFIX = ".pdf"
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
@@ -42,11 +43,6 @@ def pdf_prefix(reference: str, created_at: datetime) -> str:
 def is_pdf_key(key: str) -> bool:
     """Rule 3: only an object whose key ends in `.pdf`, in any case, is a letter's PDF."""
     return key.lower().endswith(PDF_SUFFIX)
-
-
-def reference_forms_key(reference: str | None) -> bool:
-    """The same test as the selection's SQL: a non-empty reference of key-safe characters."""
-    return bool(reference) and re.match(KEY_SAFE_REFERENCE, reference) is not None
 
 
 def pdf_location(buckets: S3Buckets, *, notification_status: str, key_type: str, reference: str,
