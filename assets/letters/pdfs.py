@@ -160,11 +160,17 @@ def _resolve_folder(store: S3Store, folder: str, group: list[Letter], folder_lis
                     ) -> tuple[int, dict[uuid.UUID, Hit]]:
     """Look up a folder's letters: one listing of the folder, or one per letter when they are few.
     Returns (listings made, each letter's hit)."""
+    calls = 0
     if len(group) >= folder_listing_min:
-        listing = list_folder(store, folder)
-        names = [key for key, _ in listing]
-        return 1, {letter.id: first_pdf_in(listing, names, pdf_prefix(letter.reference, letter.created_at))
-                   for letter in group}
+        try:
+            listing = list_folder(store, folder)
+        except InvalidPathError:  # a key obstore cannot take somewhere in the folder: each letter alone
+            log.warning("folder %s holds a key obstore cannot address; looking its letters up one by one", folder)
+            calls = 1
+        else:
+            names = [key for key, _ in listing]
+            return 1, {letter.id: first_pdf_in(listing, names, pdf_prefix(letter.reference, letter.created_at))
+                       for letter in group}
     hits: dict[uuid.UUID, Hit] = {}
     for letter in group:
         try:
@@ -172,7 +178,7 @@ def _resolve_folder(store: S3Store, folder: str, group: list[Letter], folder_lis
         except REFUSED as error:
             log.warning("listing under the prefix of letter %s refused: %s", letter.id, type(error).__name__)
             hits[letter.id] = error
-    return len(group), hits
+    return calls + len(group), hits
 
 
 def locate_pdfs(store: S3Store, letters: list[Letter], workers: int = DEFAULT_WORKERS,
