@@ -37,8 +37,7 @@ from assets.letters.batches import (
     upload_batch,
 )
 from assets.letters.pdfs import DEFAULT_WORKERS, FOLDER_LISTING_MIN_LETTERS, S3Access, gather_pdfs
-from assets.letters.selection import select_letters, unbatchable_letters
-from assets.letters.still_created import format_ids
+from assets.letters.selection import format_ids, select_letters, unbatchable_letters
 from orchestration.clock import letter_deadline_on, now_utc, print_date as print_date_of
 from orchestration.schema import POSTAGES, LetterBatchState
 from orchestration.settings import get_settings

@@ -26,8 +26,8 @@ from assets.letters.collation import collate_letters, unbatchable_by_reason
 from assets.letters.contact_lists import returned_letter_summary, sweep_archived_contact_lists
 from assets.letters.keys import object_exists, zip_key
 from assets.letters.pdfs import S3Access
-from assets.letters.selection import unbatchable_letters
-from assets.letters.still_created import ID_LIST_LIMIT, format_ids, record_letters_still_created_alert
+from assets.letters.selection import ID_LIST_LIMIT, format_ids, unbatchable_letters
+from assets.letters.still_created import record_letters_still_created_alert
 from orchestration.clock import letter_deadline, now_utc
 from orchestration.partitions import print_days_partitions
 from orchestration.schema import LetterBatchState

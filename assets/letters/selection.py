@@ -23,6 +23,14 @@ class Letter:
     created_at: datetime
 
 
+ID_LIST_LIMIT = 100  # ids shown in metadata/log lines; the counts are always complete
+
+
+def format_ids(ids: list[uuid.UUID]) -> str:
+    shown = ", ".join(str(i) for i in ids[:ID_LIST_LIMIT])
+    return shown + (f" … (+{len(ids) - ID_LIST_LIMIT} more)" if len(ids) > ID_LIST_LIMIT else "")
+
+
 # The letters rule 2 looks at: waiting normal letters created before the deadline (no lower bound:
 # earlier days' stragglers are swept too), not already in a batch.
 WAITING = """

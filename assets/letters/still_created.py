@@ -9,20 +9,13 @@ from typing import Callable
 
 import sqlalchemy as sa
 
+from assets.letters.selection import format_ids
 from orchestration.alerts import raise_alert
 from orchestration.clock import LONDON, letter_deadline_on, london_today
 
 log = logging.getLogger(__name__)
 
 ALERT_KIND = "letters_still_created"
-ID_LIST_LIMIT = 100  # ids shown in metadata/log lines; the counts are always complete
-
-
-def format_ids(ids: list[uuid.UUID]) -> str:
-    shown = ", ".join(str(i) for i in ids[:ID_LIST_LIMIT])
-    return shown + (f" … (+{len(ids) - ID_LIST_LIMIT} more)" if len(ids) > ID_LIST_LIMIT else "")
-
-
 def letters_still_created(conn: sa.Connection, now: datetime) -> tuple[datetime, list[uuid.UUID]]:
     deadline = letter_deadline_on(london_today(now) - timedelta(days=1))
     ids = conn.execute(sa.text("""
