@@ -6,24 +6,23 @@ import hashlib
 import io
 import json
 import os
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 import uuid
 import zipfile
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
+import obstore
 import pytest
 import sqlalchemy as sa
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from assets import letters as L
-from orchestration.clock import LONDON, letter_deadline, letter_pdf_folder, print_date
+from assets.letters import pdfs as P
+from orchestration.clock import LONDON, letter_deadline, letter_deadline_on, letter_pdf_folder, print_date
 from orchestration.settings import PROJECT_ROOT
 
 UTC = timezone.utc
@@ -89,6 +88,7 @@ def batch_items(conn) -> dict:
 
 
 def collate(conn, s3, settings, day=PRINT_DAY, now=AFTER_DEADLINE, **kwargs):
+    kwargs.setdefault("reads", P.S3Access.of_settings(settings))
     return L.collate_letters(conn, s3, settings.buckets, day, now, **kwargs)
 
 
@@ -125,8 +125,8 @@ def test_deadline_edges_in_london_time(local, expected_deadline):
 def test_deadline_utc_instants_across_the_clock_change():
     assert letter_deadline(london(2026, 3, 29, 17, 31)) == datetime(2026, 3, 29, 16, 30, tzinfo=UTC)
     assert letter_deadline(london(2026, 3, 29, 17, 29)) == datetime(2026, 3, 28, 17, 30, tzinfo=UTC)
-    assert L.letter_deadline_on(date(2026, 10, 24)) == datetime(2026, 10, 24, 16, 30, tzinfo=UTC)
-    assert L.letter_deadline_on(date(2026, 10, 25)) == datetime(2026, 10, 25, 17, 30, tzinfo=UTC)
+    assert letter_deadline_on(date(2026, 10, 24)) == datetime(2026, 10, 24, 16, 30, tzinfo=UTC)
+    assert letter_deadline_on(date(2026, 10, 25)) == datetime(2026, 10, 25, 17, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("created, folder", [
@@ -211,7 +211,7 @@ def test_selection_rules(conn, s3, settings):
     conn.execute(sa.text("INSERT INTO letter_batch_items VALUES (:b, :n, 'k', 10)"), {"b": batch_id, "n": batched["id"]})
     conn.commit()
 
-    selected = L.select_letters(conn, L.letter_deadline_on(PRINT_DAY))
+    selected = L.select_letters(conn, letter_deadline_on(PRINT_DAY))
     assert [letter.id for letter in selected] == [straggler["id"], chosen["id"]]  # ordered by created_at
     result = collate(conn, s3, settings)
     assert result.letters_sending == 2
@@ -227,9 +227,9 @@ def test_selection_rules(conn, s3, settings):
 # ---------------------------------------------------------------------------------------------
 
 
-def _found(service, size, postage="second", n=0) -> L.FoundPdf:
+def _found(service, size, postage="second", n=0) -> P.FoundPdf:
     letter = L.Letter(uuid.UUID(int=n + 1), service, None, f"R{n}", postage, 1, datetime(2026, 1, 1, tzinfo=UTC))
-    return L.FoundPdf(letter, f"2026-01-01/NOTIFY.R{n}.PDF", size, "0" * 64, Path("/nonexistent"))
+    return P.FoundPdf(letter, f"2026-01-01/NOTIFY.R{n}.PDF", size, "0" * 64, Path("/nonexistent"))
 
 
 def test_grouping_limits():
@@ -295,7 +295,7 @@ def test_step_3_moves_only_still_created_letters_of_the_given_batches(conn, s3, 
     for letter in letters:
         put_pdf(s3, settings, letter)
     selected = L.select_letters(conn, L.deadline_for_print_date(PRINT_DAY, AFTER_DEADLINE))
-    gathered = L.gather_pdfs(s3, settings.buckets.letters_pdf, selected, tmp_path)
+    gathered = P.gather_pdfs(P.S3Access.of_settings(settings), settings.buckets.letters_pdf, selected, tmp_path)
     first, second, third = L.plan_batches(conn, PRINT_DAY, gathered.found, max_letters=2)
     cancelled = first.items[1].letter.id
     conn.execute(sa.text("UPDATE notifications SET notification_status = 'cancelled' WHERE id = :id"), {"id": cancelled})
@@ -381,46 +381,65 @@ def test_collation_end_to_end_and_idempotent_rerun(conn, s3, settings):
     assert max(b["sequence"] for b in batches(conn) if b["postage"] == "second") == 2
 
 
+UNBATCHABLE_CASES = [  # (column changes, reasons)
+    ({"reference": None}, ["no_reference"]),
+    ({"postage": None}, ["no_postage"]),
+    ({"billable_units": 0}, ["no_sheets"]),
+    ({"billable_units": -2}, ["no_sheets"]),
+    ({"reference": "../A B?%#é/x"}, ["reference_not_a_key"]),
+    ({"reference": "A B"}, ["reference_not_a_key"]),
+    ({"reference": "ABC/DEF"}, ["reference_not_a_key"]),
+    ({"reference": "ABC\n"}, ["reference_not_a_key"]),
+    ({"reference": "A" * 976}, ["reference_not_a_key"]),  # its PDF key would pass S3's 1,024 bytes
+    ({"reference": None, "postage": None, "billable_units": 0}, ["no_reference", "no_postage", "no_sheets"]),
+]
+
+
+def test_a_letter_no_run_can_collate_is_named_with_its_reasons(conn, s3, settings):
+    """Issue 18 item 9: not "no PDF yet" on every run, but named by id and reason, run after run."""
+    service = add_service(conn)
+    t = london(2026, 11, 20, 9, 0)
+    good = add_letter(conn, service, t)
+    put_pdf(s3, settings, good)
+    expected = []
+    for i, (changes, reasons) in enumerate(UNBATCHABLE_CASES):
+        stuck = add_letter(conn, service, t + timedelta(minutes=i + 1))
+        put_pdf(s3, settings, stuck)  # its PDF under the original reference: found or not, it is not batched
+        assignments = ", ".join(f"{column} = :{column}" for column in changes)
+        conn.execute(sa.text(f"UPDATE notifications SET {assignments} WHERE id = :id"), {**changes, "id": stuck["id"]})
+        conn.commit()
+        expected.append((stuck["id"], reasons))
+    for folder_listing_min in (1, 100):
+        messages = []
+        result = collate(conn, s3, settings, echo=messages.append, folder_listing_min=folder_listing_min)
+        assert result.unbatchable == expected
+        assert result.missing == [] and result.invalid == [] and result.lookup_errors == []
+        named = " ".join(m for m in messages if "can never be collated" in m)
+        for notification_id, reasons in expected:
+            assert str(notification_id) in named and all(f"({reason};" in named for reason in reasons)
+    assert statuses(conn) == {good["id"]: "sending", **{i: "created" for i, _ in expected}}
+    assert L.unbatchable_letters(conn, letter_deadline_on(PRINT_DAY)) == expected
+
+
+def test_a_reference_of_key_safe_punctuation_is_collated(conn, s3, settings):
+    service = add_service(conn)
+    letter = add_letter(conn, service, london(2026, 11, 20, 9, 0), reference="r-1_x.Y(2)*'!" * 4)
+    put_pdf(s3, settings, letter)
+    assert collate(conn, s3, settings).letters_sending == 1 and statuses(conn)[letter["id"]] == "sending"
+    assert L.keys.MAX_REFERENCE_LENGTH == 975
+
+
 def test_a_future_print_day_is_refused(conn, s3, settings):
     with pytest.raises(ValueError, match="not collatable yet"):
         collate(conn, s3, settings, day=PRINT_DAY, now=london(2026, 11, 20, 17, 29))
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule 3 at volume: the S3 reader (SigV4, kept-alive connections), zips equal to the PDFs
+# Rule 3: reading through obstore (what is a PDF, listings, refusals), zips equal to the PDFs
 # ---------------------------------------------------------------------------------------------
 
 
-def test_s3_reader_signs_as_botocore_does(monkeypatch):
-    """The reader's SigV4 header signature equals botocore's for the same request and instant
-    (with a session token, a query string and a key that needs escaping)."""
-    import botocore.auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    at = datetime(2026, 11, 20, 17, 50, 7, tzinfo=UTC)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: at.replace(tzinfo=None))
-    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9/base", region_name="eu-west-2",
-                          aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
-    for token in (None, "session+token/="):
-        credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-        reader = L.S3Reader(client, credentials=credentials)
-        for key, query in [("2026-11-20/NOTIFY.ABC.D.2.C.20261120090000.PDF", None),
-                           ("odd folder/a+b=c~d é.PDF", None),
-                           ("", {"list-type": "2", "prefix": "2026-11-20/", "continuation-token": "a b/c=="})]:
-            head = reader.signed_head("my-bucket", key, query, at=at.timestamp()).decode()
-            request_line, *header_lines = head.split("\r\n")[:-2]
-            mine = dict(line.split(": ", 1) for line in header_lines)
-            target = request_line.split(" ")[1]
-            theirs = AWSRequest(method="GET", url=f"http://127.0.0.1:9{target}",
-                                headers={"x-amz-content-sha256": L.EMPTY_SHA256})
-            botocore.auth.S3SigV4Auth(credentials, "s3", "eu-west-2").add_auth(theirs)
-            assert mine["authorization"] == theirs.headers["Authorization"], (key, query, token)
-            assert mine["x-amz-date"] == theirs.headers["X-Amz-Date"] == "20261120T175007Z"
-            assert target.startswith("/base/my-bucket")
-
-
-def test_s3_reader_against_the_real_endpoint(s3, settings):
+def test_reads_fetch_exact_bytes_and_sort_out_missing_refused_and_unreachable(s3, settings):
     bucket = settings.buckets.letters_pdf
     bodies = {"2026-11-20/NOTIFY.A.PDF": b"%PDF-1.7\r\n\r\nHTTP/1.1 200 OK\r\n" + bytes(range(256)) * 3,
               "2026-11-20/NOTIFY.BIG.PDF": b"%PDF-1.7 " + os.urandom(300_000),
@@ -428,22 +447,17 @@ def test_s3_reader_against_the_real_endpoint(s3, settings):
               "2026-11-20/NOTIFY.EMPTY.PDF": b""}
     for key, body in bodies.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="AES256")
-    with L.S3Reader(s3) as reader:
-        for _ in range(2):  # the second round reuses the kept-alive connection
-            assert {key: reader.get(bucket, key) for key in bodies} == bodies
-        with pytest.raises(ClientError) as missing:
-            reader.get(bucket, "2026-11-20/NOTIFY.NONE.PDF")
-        assert L._is_missing(missing.value)
-        # The server dropping an idle kept-alive connection: the next GET goes out on a new one.
-        for connection in reader._idle:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-        assert reader.get(bucket, "2026-11-20/NOTIFY.A.PDF") == bodies["2026-11-20/NOTIFY.A.PDF"]
-    from botocore.credentials import Credentials
-
-    with L.S3Reader(s3, credentials=Credentials(settings.aws_access_key_id, "not-the-secret")) as wrong:
-        with pytest.raises(ClientError) as refused:
-            wrong.get(bucket, "2026-11-20/NOTIFY.A.PDF")
-    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403 and not L._is_missing(refused.value)
+    store = P.S3Access.of_settings(settings).store(bucket)
+    for _ in range(2):  # the second round reuses the pooled connections
+        assert {key: bytes(obstore.get(store, key).bytes()) for key in bodies} == bodies
+    with pytest.raises(FileNotFoundError):
+        obstore.get(store, "2026-11-20/NOTIFY.NONE.PDF")
+    wrong = replace(P.S3Access.of_settings(settings), secret_access_key="not-the-secret").store(bucket)
+    with pytest.raises(P.REFUSED):
+        obstore.get(wrong, "2026-11-20/NOTIFY.A.PDF")
+    dead = P.S3Access("http://127.0.0.1:9", "us-east-1", "x", "y").store(bucket)
+    with pytest.raises(P.S3Unreachable):
+        P.locate_pdfs(dead, [L.Letter(uuid.uuid4(), uuid.uuid4(), None, "A", "second", 1, london(2026, 11, 20, 9, 0))])
 
 
 def test_folder_listing_follows_continuation_pages(s3, settings):
@@ -452,69 +466,47 @@ def test_folder_listing_follows_continuation_pages(s3, settings):
     with cf.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF"), keys))
     s3.put_object(Bucket=bucket, Key="2026-11-21/NOTIFY.OTHER.PDF", Body=b"%PDF")
-    with L.S3Reader(s3) as reader:
-        listing, calls = L._list_folder(reader, bucket, "2026-11-20")
-    assert calls == 2 and listing == [(key, 4) for key in keys]
+    s3.put_object(Bucket=bucket, Key="2026-11-200/NOTIFY.NEIGHBOUR.PDF", Body=b"%PDF")  # not in the folder
+    assert P.list_folder(P.S3Access.of_settings(settings).store(bucket), "2026-11-20") == [(key, 4) for key in keys]
 
 
-def _serve_once(responses: list[bytes], tls=None) -> int:
-    """A one-connection TCP server that answers each request it reads with the next canned response."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        connection, _ = listener.accept()
-        listener.close()
-        if tls is not None:
-            try:
-                connection = tls.wrap_socket(connection, server_side=True)
-            except ssl.SSLError:  # the client refused the certificate
-                connection.close()
-                return
-        with connection, connection.makefile("rb") as requests:
-            for response in responses:
-                while requests.readline() not in (b"\r\n", b""):
-                    pass
-                connection.sendall(response)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1]
+SUFFIX_CASES = [  # (objects under the letter's prefix, the one batched)
+    ((".PDF",), ".PDF"),
+    ((".pdf",), ".pdf"),
+    ((".ZIP",), None),  # PDF bytes, but not a PDF's key: never batched
+    ((".zip",), None),
+    ((".PDF.zip",), None),
+    ((".ZIP", ".pdf"), ".pdf"),  # the first object under the prefix is passed over for the first PDF
+]
 
 
-def test_http_responses_chunked_interim_and_close():
-    """The reader's HTTP/1.1 parsing of forms an S3-compatible server may use (SeaweedFS sends
-    Content-Length): chunked bodies with extensions and trailers, a 100 interim response, close."""
-    port = _serve_once([
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n%PDF\r\n3\r\n-1.\r\n0\r\nX-Trailer: t\r\n\r\n",
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\n<x/>\n",
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-    ])
-    connection = L._Connection("127.0.0.1", port)
-    assert connection.get(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"%PDF-1.", True)
-    assert connection.get(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n") == (404, b"<x/>\n", True)
-    assert connection.get(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b"ok", False)
-    connection.close()
-
-
-def test_http_over_tls_checks_the_certificate(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
-    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n%PDF"], tls=server)
-    connection = L._Connection("localhost", port, ssl.create_default_context(cafile=str(cert)))
-    assert connection.get(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"%PDF", True)
-    connection.close()
-    port = _serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], tls=server)
-    with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for is refused
-        L._Connection("localhost", port, ssl.create_default_context())
+def test_only_a_key_ending_in_pdf_is_a_letters_pdf(conn, s3, settings):
+    """§4.4 rule 3: the first object under the prefix whose key ends in `.pdf`, in any case; a letter
+    with none has no PDF yet. Both lookups: the folder listed once, then each letter's prefix alone."""
+    service = add_service(conn)
+    for day, folder_listing_min in ((20, 1), (19, 100)):
+        expected = {}
+        for i, (suffixes, batched) in enumerate(SUFFIX_CASES):
+            letter = add_letter(conn, service, london(2026, 11, day, 10, i))
+            _, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
+                                    reference=letter["reference"], postage="second", created_at=letter["created_at"])
+            stem = key.removesuffix(".PDF")
+            for suffix in suffixes:
+                s3.put_object(Bucket=settings.buckets.letters_pdf, Key=stem + suffix,
+                              Body=b"%PDF-1.7 " + suffix.encode())
+            expected[letter["id"]] = stem + batched if batched else None
+        result = collate(conn, s3, settings, folder_listing_min=folder_listing_min)
+        keys = {i.letter.id: i.key for b in result.batches for i in b.items}
+        assert keys == {i: key for i, key in expected.items() if key}, folder_listing_min
+        assert {i for i, key in expected.items() if key is None} <= set(result.missing)
+        after = statuses(conn)
+        assert all(after[i] == ("sending" if key else "created") for i, key in expected.items())
 
 
 def test_zips_hold_the_pdfs_byte_for_byte_and_manifests_their_sha256(conn, s3, settings, monkeypatch):
     """Across several spool files (chunks of 3 letters) and batches (limit 4 letters), every zip entry
     is the PDF's exact bytes and every manifest line carries the right size and sha256."""
-    monkeypatch.setattr(L, "FETCH_CHUNK", 3)
+    monkeypatch.setattr(P, "FETCH_CHUNK", 3)
     service = add_service(conn)
     bodies = {}
     for i in range(11):
@@ -592,8 +584,7 @@ def _client_cut_after(settings, good_zip_uploads: int):
 def test_s3_unreachable_mid_collation_then_next_run_completes(conn, s3, settings):
     letters = _two_services_of_letters(conn, s3, settings)
     with pytest.raises(RuntimeError, match="failed while uploading"):
-        L.collate_letters(conn, s3, settings.buckets, PRINT_DAY, AFTER_DEADLINE, workers=1,
-                          batches_s3=_client_cut_after(settings, good_zip_uploads=1))
+        collate(conn, _client_cut_after(settings, good_zip_uploads=1), settings, workers=1)
     # The first batch went up and was marked; the second stays planned with its letters created.
     assert sorted(b["state"] for b in batches(conn)) == [0, 1]
     assert sorted(statuses(conn).values()) == ["created"] * 3 + ["sending"] * 3
@@ -612,14 +603,15 @@ def test_s3_unreachable_fails_the_run_and_changes_nothing(conn, s3, settings):
     dead = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="y",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
-    with pytest.raises(L.S3_UNREACHABLE):
-        L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=100)
-    with pytest.raises(L.S3_UNREACHABLE):
-        L.collate_letters(conn, dead, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=s3, folder_listing_min=1)
+    dead_reads = P.S3Access("http://127.0.0.1:9", "us-east-1", "x", "y")
+    with pytest.raises(P.S3_UNREACHABLE):
+        collate(conn, s3, settings, reads=dead_reads, folder_listing_min=100)
+    with pytest.raises(P.S3_UNREACHABLE):
+        collate(conn, s3, settings, reads=dead_reads, folder_listing_min=1)
     assert set(statuses(conn).values()) == {"created"} and batches(conn) == []
     # Uploads to an unreachable endpoint: the run fails, the letters stay created.
     with pytest.raises(RuntimeError, match="failed while uploading"):
-        L.collate_letters(conn, s3, settings.buckets, PRINT_DAY, AFTER_DEADLINE, batches_s3=dead)
+        collate(conn, dead, settings)
     assert set(statuses(conn).values()) == {"created"}
     result = collate(conn, s3, settings)
     assert set(statuses(conn).values()) == {"sending"} and result.leftovers_discarded == 2
@@ -628,21 +620,24 @@ def test_s3_unreachable_fails_the_run_and_changes_nothing(conn, s3, settings):
 
 def test_sigkill_between_upload_and_status_update_then_next_run_finishes(conn, s3, settings, database_url):
     letters = _two_services_of_letters(conn, s3, settings)
+    # The fault is a hook passed to the collation: the child SIGKILLs itself once the first zip is stored.
     script = (
-        "import sys; from datetime import date, datetime, timezone;"
+        "import os, signal; from datetime import date, datetime;"
         "from assets.letters import collate_letters; from orchestration.settings import get_settings;"
         "from resources.postgres import make_engine;"
         "s = get_settings();"
         "conn = make_engine(s.database_url).connect();"
-        f"collate_letters(conn, s.s3_client(), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'), workers=1)"
+        "kill = lambda batch: os.kill(os.getpid(), signal.SIGKILL);"
+        f"collate_letters(conn, s.s3_client(), s.buckets, date(2026, 11, 20), datetime.fromisoformat('{AFTER_DEADLINE.isoformat()}'),"
+        " workers=1, after_upload=kill)"
     )
-    env = {**os.environ, "PSO_DATABASE_URL": database_url, L.FAULT_ENV: "kill_after_upload"}
+    env = {**os.environ, "PSO_DATABASE_URL": database_url}
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     planned = batches(conn)
     assert len(planned) == 2 and {b["state"] for b in planned} == {0}
     assert set(statuses(conn).values()) == {"created"}  # uploaded, but never marked
-    uploaded = [b for b in planned if L._object_exists(s3, settings.buckets.letter_batches,
+    uploaded = [b for b in planned if L.object_exists(s3, settings.buckets.letter_batches,
                                                        L.zip_key(b["print_date"], b["zip_name"]))]
     assert len(uploaded) >= 1
 
@@ -668,15 +663,30 @@ def test_materialize_print_day_partition_with_checks(conn, s3, settings, resourc
 
     letters = _two_services_of_letters(conn, s3, settings, per_service=2)
     monkeypatch.setenv("PSO_NOW", AFTER_DEADLINE.isoformat())
-    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches],
+    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches,
+                          L.every_waiting_letter_collatable],
                          partition_key="2026-11-20", resources=resources, instance=DagsterInstance.ephemeral())
     assert result.success
     metadata = result.asset_materializations_for_node("letter_batches")[0].metadata
     assert metadata["letters_sending"].value == len(letters)
     assert metadata["letters_second"].value == len(letters) and metadata["sheets_second"].value == len(letters)
-    assert metadata["batches_uploaded"].value == 2
+    assert metadata["batches_uploaded"].value == 2 and metadata["letters_unbatchable"].value == 0
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"no_letter_sending_without_zip": True, "no_letter_in_two_batches": True}
+    assert checks == {"no_letter_sending_without_zip": True, "no_letter_in_two_batches": True,
+                      "every_waiting_letter_collatable": True}
+
+    # A letter no run can collate: the run's metadata and the check name it, with its reason.
+    stuck = add_letter(conn, letters[0]["service_id"], london(2026, 11, 20, 9, 0), reference="../A B?%#é/x")
+    named = materialize([L.letter_batches_asset, L.every_waiting_letter_collatable], partition_key="2026-11-20",
+                        resources=resources, instance=DagsterInstance.ephemeral())
+    metadata = named.asset_materializations_for_node("letter_batches")[0].metadata
+    expected = [{"notification_id": str(stuck["id"]), "reasons": ["reference_not_a_key"]}]
+    assert metadata["unbatchable_letters"].value == expected and metadata["letters_unbatchable_reference_not_a_key"].value == 1
+    evaluation = named.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and evaluation.severity.value == "WARN"
+    assert evaluation.metadata["unbatchable_letters"].value == expected
+    conn.execute(sa.text("DELETE FROM notifications WHERE id = :id"), {"id": stuck["id"]})
+    conn.commit()
 
     # A letter marked sending outside any batch fails the check (named by id).
     upstream = add_letter(conn, letters[0]["service_id"], london(2026, 11, 1, 8, 0), status="sending")
@@ -784,7 +794,7 @@ def test_contact_list_archive_deletes_the_object(conn, s3, settings, resources):
     assert stored["Body"].read().decode().splitlines()[1] == "1 Test Street,SW1A 1AA"
 
     assert L.archive_contact_list(conn, s3, bucket, list_id) is True
-    assert not L._object_exists(s3, bucket, key)
+    assert not L.object_exists(s3, bucket, key)
     assert conn.execute(sa.text("SELECT archived FROM service_contact_list WHERE id = :id"), {"id": list_id}).scalar()
     conn.commit()
     assert L.archive_contact_list(conn, s3, bucket, list_id) is True  # idempotent
@@ -801,7 +811,7 @@ def test_contact_list_archive_deletes_the_object(conn, s3, settings, resources):
     result = materialize([L.contact_list_objects_asset], resources=resources, instance=DagsterInstance.ephemeral())
     metadata = result.asset_materializations_for_node("contact_list_objects")[0].metadata
     assert metadata["objects_deleted"].value == 1 and metadata["live_list_ids_without_object"].value == [str(orphan)]
-    assert not L._object_exists(s3, bucket, L.contact_list_key(service, half))
+    assert not L.object_exists(s3, bucket, L.contact_list_key(service, half))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,8 +836,8 @@ def test_generator_letters_collate_with_the_planted_faults(database_url, conn, s
     assert conn.execute(sa.text("SELECT count(*) FROM service_contact_list")).scalar() == 1
 
 
-def test_demo_data_of_both_notify_generators_collates_with_passing_checks(database_url, s3, settings, resources,
-                                                                          monkeypatch):
+def test_demo_data_of_both_notify_generators_collates_with_its_checks(database_url, engine, s3, settings, resources,
+                                                                      monkeypatch):
     """The notifications generator's letters (incl. upstream-sent ones) and ours, then a scheduled-style run."""
     from dagster import DagsterInstance, materialize
 
@@ -837,9 +847,18 @@ def test_demo_data_of_both_notify_generators_collates_with_passing_checks(databa
     seed_all(database_url, scale=0.05, s3=s3, settings=settings, now=now, echo=lambda *_: None,
              families=["orchestration.synthetic.notifications", "orchestration.synthetic.letters"])
     monkeypatch.setenv("PSO_NOW", now.isoformat())
-    result = materialize([L.letter_batches_asset, L.no_letter_sending_without_zip, L.no_letter_in_two_batches],
-                         partition_key="2026-11-20", resources=resources, instance=DagsterInstance.ephemeral())
+    result = materialize([L.letter_batches_asset, *L.asset_checks], partition_key="2026-11-20",
+                         resources=resources, instance=DagsterInstance.ephemeral())
     metadata = result.asset_materializations_for_node("letter_batches")[0].metadata
     assert metadata["letters_sending"].value > 0 and metadata["letters_invalid_pdf"].value == 2
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
-        "no_letter_sending_without_zip": True, "no_letter_in_two_batches": True}
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in evaluations.items()} == {
+        "no_letter_sending_without_zip": True, "no_letter_in_two_batches": True,
+        "every_waiting_letter_collatable": False}
+    # The generator's letters stuck before validation (0 sheets) are the ones named, each with its reason.
+    with engine.connect() as conn:
+        stuck = conn.execute(sa.text("""SELECT id FROM notifications WHERE notification_type = 'letter'
+            AND notification_status = 'created' AND key_type = 'normal' AND billable_units = 0
+            AND created_at < :deadline ORDER BY created_at, id"""), {"deadline": letter_deadline(now)}).scalars().all()
+    assert stuck and evaluations["every_waiting_letter_collatable"].metadata["unbatchable_letters"].value == [
+        {"notification_id": str(i), "reasons": ["no_sheets"]} for i in stuck]
