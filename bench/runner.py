@@ -1,6 +1,7 @@
 """Benchmark harness: `pso bench CASE --scale N`.
 
-A case is a module `bench/<case>.py` with `run(db: BenchDatabase, scale: float) -> BenchReport`.
+A case is a module `bench/<case>.py` with `run(db: BenchDatabase, scale: float) -> BenchReport`
+(a case with `OWN_STACK = True` starts the product itself and gets `db=None`).
 It builds its own data at the given scale in a scratch database, measures the project's way
 and its baselines in the same run, and returns figures; the harness prints them as a table
 with ratios and appends them to BENCHMARKS.md with the machine and date. Nothing here asserts
@@ -142,8 +143,12 @@ def run_case(case: str, scale: str | float, record: bool = True) -> int:
         print(f"unknown case {case!r}; available: {', '.join(available)}")
         return 2
     factor = float(scale)
-    with scratch_database(case) as db:
-        report = module.run(db, factor)
+    if getattr(module, "OWN_STACK", False):
+        # The case starts the product itself (`bench.live_stack`): no scratch database, no running services.
+        report = module.run(None, factor)
+    else:
+        with scratch_database(case) as db:
+            report = module.run(db, factor)
     print(format_report(report))
     if record:
         append_markdown(report)
