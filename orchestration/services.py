@@ -279,7 +279,9 @@ class EmbeddedS3:
         key, secret = self.credentials()
         args = [str(_weed_bin()), "mini", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-master.volumeSizeLimitMB=1024"]
+                # Every bucket is a collection with volumes of its own: a fixed, generous count (volumes are
+                # not preallocated) instead of "free disk / volume size", which ran out after ~65 buckets.
+                "-master.volumeSizeLimitMB=1024", "-volume.max=2000"]
         args += [f"-{flag}={port}" for flag, port in self._ports().items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
         env.pop("S3_BUCKET", None)

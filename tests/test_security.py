@@ -21,11 +21,17 @@ ROLE = "pso_runner"
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def load_migration():
-    spec = importlib.util.spec_from_file_location("migration_0002", MIGRATION)
+def load_migration(path: Path = MIGRATION):
+    spec = importlib.util.spec_from_file_location(f"migration_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def later_runner_grants() -> set[str]:
+    """Tables a later revision classified with a grant of its own (`RUNNER_GRANTS`)."""
+    return {table for path in sorted(MIGRATION.parent.glob("0*.py")) if path != MIGRATION
+            for table, _ in getattr(load_migration(path), "RUNNER_GRANTS", ())}
 
 
 def sqlstate(error: sa.exc.DBAPIError) -> str | None:
@@ -54,7 +60,7 @@ def as_runner(engine):
 def test_every_declared_table_is_classified():
     migration = load_migration()
     classified = set(migration.SOURCE_TABLES) | set(migration.DERIVED_TABLES) | {
-        t for t, _ in migration.OPERATIONAL_GRANTS}
+        t for t, _ in migration.OPERATIONAL_GRANTS} | later_runner_grants()
     declared = {t.name for t in schema.metadata.sorted_tables}
     assert declared - classified == set(), "new tables need a privilege decision in a new revision"
     assert classified - declared == set()

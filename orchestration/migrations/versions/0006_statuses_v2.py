@@ -8,7 +8,7 @@ recompute of an existing cache.
 - A patient created raises a patient-scoped refresh request (D6: patient-level rows for every patient).
   Updates of the new columns already raise one: the consents and triages UPDATE triggers of 0001 fire
   on any column.
-- `status_rules`: the version of the rules the caches were last fully computed under. An existing
+- `status_rules` (read and written by the run role): the version of the rules the caches were last fully computed under. An existing
   deployment (a cache with rows) gets no row, so the code's rules version (2) differs from it: the
   refresh-request sensor queues one `all` request, and the full refresh that handles it records the
   version. Every status is recomputed once under the new rules with no manual step. A fresh database
@@ -51,6 +51,9 @@ FUNCTION_BODY = f"""
     END
 """
 TRIGGER = "pso_refresh_patients_insert"
+# The run role of 0002 records the rules version in a full refresh's last batch.
+RUNNER_ROLE = "pso_runner"
+RUNNER_GRANTS = (("status_rules", "SELECT, INSERT, UPDATE"),)
 RULES_REQUEST_REASON = "status rules v2"  # as assets/statuses/refresh.py words the request
 STATUS_TABLES = ("patient_consent_statuses", "patient_triage_statuses", "patient_vaccination_statuses",
                  "patient_session_session_statuses", "patient_session_registration_statuses")
@@ -82,6 +85,8 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_status_rules_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_status_rules")),
     )
+    for table, privileges in RUNNER_GRANTS:
+        op.execute(f"GRANT {privileges} ON {table} TO {RUNNER_ROLE}")
     cached = " OR ".join(f"EXISTS (SELECT 1 FROM {t})" for t in STATUS_TABLES)
     op.execute(f"INSERT INTO status_rules (id, version) SELECT 1, 2 WHERE NOT ({cached})")
 
