@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetCheckKey, AssetKey, RunRequest, build_schedule_context, instance_for_test
+from dagster import AssetCheckKey, AssetKey, RunRequest, build_schedule_context, instance_for_test, materialize
 
 from assets.statuses import STATUS_TABLE_NAMES, status_coverage
 from orchestration.definitions import defs
@@ -142,6 +142,21 @@ def test_the_whole_cache_job_finds_a_wrong_row_no_run_touched(world, engine, ins
     assert drift.metadata["programmes"].value == "every programme"
     assert [(r["patient_id"], r["programme"], r["cached"]) for r in _rows(drift, "mismatched_rows")] == [
         (world.patients[0], "menacwy", VaccinationStatus.VACCINATED)]
+
+
+def test_whole_cache_checks_inside_a_partition_run_judge_its_partition(world, instance, resources):
+    """A UI materialization of a partition also selects the whole-cache checks of the tables: they then
+    judge that partition (and its date), so a healthy first refresh of flu is green there too."""
+    from assets.statuses import asset_checks, status_tables
+
+    config = {"scope": "all", "today": TODAY.isoformat()}
+    result = materialize([status_tables, *asset_checks], partition_key="flu", resources=resources,
+                         instance=instance, run_config={"ops": {"status_tables": {"config": config}}})
+    evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert len(evaluations) == 21  # the run's 10, the whole-cache 10 and bad input
+    assert [k for k, e in evaluations.items() if not e.passed] == []
+    whole = evaluations[("patient_consent_statuses", "whole_cache_every_expected_row_exists")]
+    assert (whole.metadata["programmes"].value, whole.metadata["today"].value) == ("flu", TODAY.isoformat())
 
 
 def test_the_whole_cache_checks_run_at_05_london_after_the_nightly_refresh():

@@ -177,7 +177,7 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
     names = [key.path[-1] for key in context.selected_asset_keys]
     programmes = list(context.partition_keys)
     if names:  # none when only the checks are selected (re-judging partitions from the UI)
-        yield from _refresh(context, config, postgres, names, programmes)
+        yield from _refresh(context, config, postgres, names, programmes, today, scope)
     if context.selected_asset_check_keys:
         with postgres.connect() as conn:
             yield from judgement_results(conn, context.selected_asset_check_keys, today, programmes, scope,
@@ -185,10 +185,8 @@ def status_tables(context: AssetExecutionContext, config: StatusRefreshConfig, p
 
 
 def _refresh(context: AssetExecutionContext, config: StatusRefreshConfig, postgres: PostgresResource,
-             names: list[str], programmes: list[str]):
+             names: list[str], programmes: list[str], today: date, scope: StatusScope):
     """Refresh `names` in every programme of the run; one MaterializeResult per table."""
-    today = _run_today(config)
-    scope = config.to_scope()
     workers = config.workers or get_settings().status_refresh_workers
     totals = dt.RefreshResult(tables={n: dt.RefreshCounts() for n in names})
     per_programme: dict[str, dict[str, dict]] = {}
@@ -274,8 +272,10 @@ def judgement_results(conn, check_keys, today: date, programmes: list[str] | Non
     return results
 
 
-def _check_today() -> date:
-    return london_today(now_utc())
+def _check_today(context: AssetCheckExecutionContext) -> date:
+    """The London date judged: the run's `today` when the checks run beside a refresh given one, else today."""
+    config = (context.run.run_config or {}).get("ops", {}).get("status_tables", {}).get("config", {})
+    return date.fromisoformat(config["today"]) if config.get("today") else london_today(now_utc())
 
 
 cache_check_specs = [
@@ -309,7 +309,7 @@ def run_programmes(context: AssetCheckExecutionContext) -> list[str] | None:
                    required_resource_keys={"postgres"},
                    description="Whole-cache judgements of the cached statuses: drift, coverage, bad input.")
 def status_cache_checks(context: AssetCheckExecutionContext):
-    today = _check_today()
+    today = _check_today(context)
     with context.resources.postgres.connect() as conn:
         yield from judgement_results(conn, context.selected_asset_check_keys, today, run_programmes(context), None,
                                      (CACHE_DRIFT_CHECK, CACHE_COVERAGE_CHECK))
