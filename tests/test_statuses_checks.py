@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster import AssetCheckKey, AssetKey, RunRequest, build_schedule_context, instance_for_test, materialize
 
 from assets.statuses import STATUS_TABLE_NAMES, status_coverage
@@ -157,6 +158,13 @@ def test_whole_cache_checks_inside_a_partition_run_judge_its_partition(world, in
     assert [k for k, e in evaluations.items() if not e.passed] == []
     whole = evaluations[("patient_consent_statuses", "whole_cache_every_expected_row_exists")]
     assert (whole.metadata["programmes"].value, whole.metadata["today"].value) == ("flu", TODAY.isoformat())
+    # A single-run backfill over a range of partitions (flu..hpv): both judge the range.
+    result = materialize([status_tables, *asset_checks], resources=resources, instance=instance,
+                         tags={ASSET_PARTITION_RANGE_START_TAG: "flu", ASSET_PARTITION_RANGE_END_TAG: "hpv"},
+                         run_config={"ops": {"status_tables": {"config": config}}})
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 21 and all(e.passed for e in evaluations)
+    assert {e.metadata["programmes"].value for e in evaluations if "programmes" in e.metadata} == {"flu, hpv"}
 
 
 def test_the_whole_cache_checks_run_at_05_london_after_the_nightly_refresh():

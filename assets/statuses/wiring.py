@@ -33,7 +33,6 @@ from dagster import (
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
-    PartitionKeyRange,
     RetryPolicy,
     define_asset_job,
     multi_asset,
@@ -119,6 +118,7 @@ CACHE_COVERAGE_CHECK = "whole_cache_every_expected_row_exists"
 INPUTS_CHECK = "status_inputs_valid"
 INPUTS_ASSET = "patient_consent_statuses"
 SHOWN_ROWS = 50  # rows a failing check names in its metadata (ids and codes only)
+MISSING_LIMIT = 100  # coverage stops counting missing rows of a table there
 
 run_check_specs = [
     spec
@@ -267,8 +267,9 @@ def judgement_results(conn, check_keys, today: date, programmes: list[str] | Non
         results += [_rows_result(n, drift_name, drift[n], figures, "mismatched", ("cached", "computed"))
                     for n in drift_tables]
     if coverage_tables:
-        missing = status_coverage(conn, today, coverage_tables, programmes=programmes, scope=scope)
-        results += [_rows_result(n, coverage_name, missing[n], judged, "missing") for n in coverage_tables]
+        missing = status_coverage(conn, today, coverage_tables, MISSING_LIMIT, programmes=programmes, scope=scope)
+        figures = {**judged, "missing_counted_up_to": MISSING_LIMIT}
+        results += [_rows_result(n, coverage_name, missing[n], figures, "missing") for n in coverage_tables]
     return results
 
 
@@ -299,9 +300,9 @@ def run_programmes(context: AssetCheckExecutionContext) -> list[str] | None:
     if PARTITION_NAME_TAG in tags:
         return [tags[PARTITION_NAME_TAG]]
     if ASSET_PARTITION_RANGE_START_TAG in tags:
-        return programmes_partitions.get_partition_keys_in_range(
-            PartitionKeyRange(tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]),
-            dynamic_partitions_store=context.instance)
+        keys = list(context.instance.get_dynamic_partitions(programmes_partitions.name))
+        first, last = keys.index(tags[ASSET_PARTITION_RANGE_START_TAG]), keys.index(tags[ASSET_PARTITION_RANGE_END_TAG])
+        return keys[first:last + 1]
     return None
 
 
