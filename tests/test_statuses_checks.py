@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster import AssetCheckKey, AssetKey, RunRequest, build_schedule_context, instance_for_test, materialize
 
-from assets.statuses import STATUS_TABLE_NAMES, status_coverage
+from assets.statuses import STATUS_TABLE_NAMES, status_coverage, status_drift
 from orchestration.definitions import defs
 from orchestration.schema import ConsentStatus, VaccinationStatus
 from schedules.statuses import status_checks_daily
@@ -175,3 +175,35 @@ def test_the_whole_cache_checks_run_at_05_london_after_the_nightly_refresh():
     assert status_checks_daily.job_name == "status_checks"
     assert (status_checks_daily.cron_schedule, status_checks_daily.execution_timezone) == ("0 5 * * *",
                                                                                            "Europe/London")
+
+
+def test_a_day_change_run_judges_its_tables_over_its_sessions(world, engine, instance, resources):
+    """A run of some tables (day_change: the two date-dependent ones) over some sessions: its checks are
+    those of its tables, judging its sessions' rows in every programme of the run — named in the run
+    request (`run_check_keys`), or left to Dagster, which adds the tables' whole-cache checks: those then
+    judge the run's scope too, so a wrong row outside it paints nothing red."""
+    from assets.statuses import DATE_DEPENDENT_KEYS, run_check_keys
+
+    refresh_everything(engine)
+    with engine.begin() as conn:  # a wrong row in a session the run does not cover
+        conn.execute(sa.text("UPDATE patient_session_session_statuses SET status = 1 WHERE patient_session_id = :ps"),
+                     {"ps": world.ps[2]})
+    config = {"scope": "sessions", "session_ids": [world.main_session], "today": TODAY.isoformat()}
+    tags = {ASSET_PARTITION_RANGE_START_TAG: "flu", ASSET_PARTITION_RANGE_END_TAG: "td_ipv"}
+    named = set(run_check_keys(DATE_DEPENDENT_KEYS))
+    assert {(k.asset_key.path[-1], k.name) for k in named} == {(k.path[-1], c) for k in DATE_DEPENDENT_KEYS
+                                                               for c in RUN_CHECKS}
+    for check_selection, count in ((named, 4), (None, 8)):
+        job = defs.resolve_job_def("status_refresh").get_subset(asset_selection=set(DATE_DEPENDENT_KEYS),
+                                                                 asset_check_selection=check_selection)
+        result = job.execute_in_process(instance=instance, resources=resources, tags=tags,
+                                        run_config={"ops": {"status_tables": {"config": config}}})
+        evaluations = result.get_asset_check_evaluations()
+        assert len(evaluations) == count and all(e.passed for e in evaluations)
+        assert {e.metadata["programmes"].value for e in evaluations} == {"flu, hpv, menacwy, td_ipv"}
+        assert {e.metadata["scope"].value for e in evaluations} == {f"session(s) {world.main_session}"}
+    # The whole cache still has the wrong row.
+    with engine.connect() as conn:
+        drift = status_drift(conn, TODAY, table_names=["patient_session_session_statuses"])
+    assert sorted((r["patient_session_id"], r["programme"]) for r in drift["patient_session_session_statuses"]) == [
+        (world.ps[2], "flu"), (world.ps[2], "hpv")]

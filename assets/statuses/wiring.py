@@ -273,10 +273,14 @@ def judgement_results(conn, check_keys, today: date, programmes: list[str] | Non
     return results
 
 
-def _check_today(context: AssetCheckExecutionContext) -> date:
-    """The London date judged: the run's `today` when the checks run beside a refresh given one, else today."""
-    config = (context.run.run_config or {}).get("ops", {}).get("status_tables", {}).get("config", {})
-    return date.fromisoformat(config["today"]) if config.get("today") else london_today(now_utc())
+def _beside_refresh(context: AssetCheckExecutionContext) -> tuple[date, StatusScope | None]:
+    """(London date, scope) judged: those of the refresh the checks run beside (a run selecting some
+    tables also selects their whole-cache checks unless it names its checks), else today and None."""
+    config = (context.run.run_config or {}).get("ops", {}).get("status_tables", {}).get("config")
+    if config is None:
+        return london_today(now_utc()), None
+    refresh = StatusRefreshConfig(**config)
+    return _run_today(refresh), refresh.to_scope()
 
 
 cache_check_specs = [
@@ -295,7 +299,8 @@ CACHE_CHECK_KEYS = [spec.key for spec in cache_check_specs]
 
 def run_programmes(context: AssetCheckExecutionContext) -> list[str] | None:
     """The programme partitions of the run the check is in (a UI materialization of some partitions
-    also runs these checks: they then judge those), or None (the `status_checks` job: every programme)."""
+    also runs these checks: they then judge those, over the refresh's scope), or None (the
+    `status_checks` job: every programme)."""
     tags = context.run.tags
     if PARTITION_NAME_TAG in tags:
         return [tags[PARTITION_NAME_TAG]]
@@ -310,9 +315,9 @@ def run_programmes(context: AssetCheckExecutionContext) -> list[str] | None:
                    required_resource_keys={"postgres"},
                    description="Whole-cache judgements of the cached statuses: drift, coverage, bad input.")
 def status_cache_checks(context: AssetCheckExecutionContext):
-    today = _check_today(context)
+    today, scope = _beside_refresh(context)
     with context.resources.postgres.connect() as conn:
-        yield from judgement_results(conn, context.selected_asset_check_keys, today, run_programmes(context), None,
+        yield from judgement_results(conn, context.selected_asset_check_keys, today, run_programmes(context), scope,
                                      (CACHE_DRIFT_CHECK, CACHE_COVERAGE_CHECK))
         if AssetCheckKey(AssetKey(INPUTS_ASSET), INPUTS_CHECK) in context.selected_asset_check_keys:
             bad = bad_status_inputs(conn, now_utc())
@@ -323,6 +328,13 @@ def status_cache_checks(context: AssetCheckExecutionContext):
 
 
 status_checks = [status_cache_checks]
+
+
+def run_check_keys(asset_keys) -> list[AssetCheckKey]:
+    """The run's checks of some status tables: what a run request selecting those tables should name
+    as its `asset_check_keys` (left unnamed, Dagster adds the tables' whole-cache checks too)."""
+    wanted = {AssetKey(key) if isinstance(key, str) else key for key in asset_keys}
+    return [spec.key for spec in run_check_specs if spec.asset_key in wanted]
 
 STATUS_ASSET_KEYS = [AssetKey(n) for n in STATUS_TABLE_NAMES]
 DATE_DEPENDENT_KEYS = [AssetKey(n) for n in q.DATE_DEPENDENT_TABLES]
