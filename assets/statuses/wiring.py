@@ -336,6 +336,7 @@ def run_check_keys(asset_keys) -> list[AssetCheckKey]:
     wanted = {AssetKey(key) if isinstance(key, str) else key for key in asset_keys}
     return [spec.key for spec in run_check_specs if spec.asset_key in wanted]
 
+
 STATUS_ASSET_KEYS = [AssetKey(n) for n in STATUS_TABLE_NAMES]
 DATE_DEPENDENT_KEYS = [AssetKey(n) for n in q.DATE_DEPENDENT_TABLES]
 
