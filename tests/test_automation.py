@@ -15,6 +15,7 @@ from orchestration.settings import PROJECT_ROOT
 # name: (cron, execution timezone) — README, "What runs when".
 SCHEDULES = {
     "status_refresh_nightly": ("0 3 * * *", "Europe/London"),
+    "status_checks_daily": ("0 5 * * *", "Europe/London"),
     "facility_stats_aot_schedule": ("0 0,8,16 * * *", "UTC"),
     "ft_notification_status_nightly": ("30 0 * * *", "UTC"),
     "notification_history_deep_archive_nightly": ("35 1 * * *", "UTC"),

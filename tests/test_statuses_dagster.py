@@ -178,13 +178,13 @@ def test_checks_fail_on_a_corrupted_cache_and_name_the_keys(world, engine):
         drift = status_drift(conn, TODAY, sample_size=100)
         # The corrupted row, and the row the (not yet refreshed) future record changed.
         assert drift["patient_session_session_statuses"] == [
-            {"patient_session_id": world.ps[0], "programme_id": world.programmes["flu"],
+            {"patient_session_id": world.ps[0], "programme_id": world.programmes["flu"], "programme": "flu",
              "cached": 1, "computed": SessionStatus.ABSENT_FROM_SESSION},
-            {"patient_session_id": world.ps[2], "programme_id": world.programmes["flu"],
+            {"patient_session_id": world.ps[2], "programme_id": world.programmes["flu"], "programme": "flu",
              "cached": 0, "computed": SessionStatus.VACCINATED}]
         missing = status_coverage(conn, TODAY)
         assert missing["patient_triage_statuses"] == [
-            {"patient_id": world.patients[2], "programme_id": world.programmes["menacwy"]}]
+            {"patient_id": world.patients[2], "programme_id": world.programmes["menacwy"], "programme": "menacwy"}]
         assert bad_status_inputs(conn, NOW) == {"vaccination records performed in the future": [future]}
 
 
@@ -204,13 +204,15 @@ def test_asset_checks_run_through_dagster(world, engine, instance, resources):
     finally:
         del os.environ["PSO_NOW"]
     evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
-    drift = evaluations[("patient_consent_statuses", "no_drift")]
+    assert len(evaluations) == 11  # drift and coverage of the five tables over every programme, bad input
+    drift = evaluations[("patient_consent_statuses", "whole_cache_no_drift")]
     assert not drift.passed
-    keys = drift.metadata["mismatched_keys"].value
-    assert {"patient_id": world.patients[1], "programme_id": world.programmes["hpv"], "cached": 0,
-            "computed": ConsentStatus.REFUSED} in keys
-    assert evaluations[("patient_triage_statuses", "no_drift")].passed
-    assert evaluations[("patient_triage_statuses", "every_expected_row_exists")].passed
+    assert drift.metadata["programmes"].value == "every programme"
+    rows = [r.data for r in drift.metadata["mismatched_rows"].value.records]
+    assert {"patient_id": world.patients[1], "programme_id": world.programmes["hpv"], "programme": "hpv",
+            "cached": 0, "computed": ConsentStatus.REFUSED} in rows
+    assert evaluations[("patient_triage_statuses", "whole_cache_no_drift")].passed
+    assert evaluations[("patient_triage_statuses", "whole_cache_every_expected_row_exists")].passed
     assert evaluations[("patient_consent_statuses", "status_inputs_valid")].passed
 
 

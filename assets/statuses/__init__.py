@@ -37,6 +37,7 @@ from assets.statuses.wiring import (
     assets,
     jobs,
     refresh_run_config,
+    run_check_keys,
     status_checks_job,
     status_refresh_job,
     status_tables,
@@ -47,7 +48,7 @@ __all__ = [
     "RULES_VERSION", "STATUS_ASSET_KEYS", "STATUS_REFRESH_LOCK_KEY", "STATUS_TABLES", "STATUS_TABLE_NAMES",
     "StatusScope", "TRIGGER_TAG", "all_programmes_tags", "asset_checks", "assets", "bad_status_inputs",
     "explain_statuses", "format_explanation", "jobs", "mark_requests_processed", "pending_request_ids",
-    "programme_ids_by_type", "record_rules_version", "refresh_run_config", "refresh_statuses",
+    "programme_ids_by_type", "record_rules_version", "refresh_run_config", "refresh_statuses", "run_check_keys",
     "request_full_refresh_if_rules_changed", "status_checks_job", "status_coverage", "status_drift",
     "status_refresh_job", "status_tables",
 ]
