@@ -14,7 +14,7 @@
 The registry has no cursor: each tick reconciles the partitions with the database. Its run keys
 name the unit and the state that made the run due, so a reset cannot repeat or lose one.
 
-Observations (so the stats show as stale when their inputs moved): `ukrdc/patientrecord` carries the
+Observations (each stats run records the source versions it was built from): `ukrdc/patientrecord` carries the
 UKRDC record counts per unit as its data version (a digest of the (unit, count) pairs), recorded by
 the registry when the counts differ from the latest observation, and by a renal feed's handler; both
 derive it the same way, so a feed and the next registry tick agree and an idle tick records nothing.
