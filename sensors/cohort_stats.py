@@ -13,14 +13,23 @@
 
 The registry has no cursor: each tick reconciles the partitions with the database. Its run keys
 name the unit and the state that made the run due, so a reset cannot repeat or lose one.
+
+Observations (each stats run records the source versions it was built from): `ukrdc/patientrecord` carries the
+UKRDC record counts per unit as its data version (a digest of the (unit, count) pairs), recorded by
+the registry when the counts differ from the latest observation, and by a renal feed's handler; both
+derive it the same way, so a feed and the next registry tick agree and an idle tick records nothing.
+A feed also observes the other UKRDC tables it writes, with its sync run id as their data version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
+import sqlalchemy as sa
 from dagster import (
+    AssetObservation,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -30,14 +39,18 @@ from dagster import (
 from assets.cohort_stats import (
     KINDS,
     REFRESH_GRACE,
+    SOURCE_KEYS,
+    UnitCount,
     eligible_units,
     expired_aot_entries,
     facility_stats_job,
     read_stats_settings,
     stats_run_request,
+    ukrdc_record_counts,
 )
 from orchestration.automation import sensor_status
 from orchestration.clock import london_today, now_utc
+from orchestration.metadata import DATA_VERSION_TAG, source_observation
 from orchestration.partitions import renal_units_partitions
 from resources.postgres import PostgresResource
 from sensors.sync import SyncReaction, SyncRun, SyncTick
@@ -50,9 +63,37 @@ PARTITION_ADD_CHUNK = 500
 _VALID_UNIT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
-def _facility_codes(conn, codes: list[str]) -> set[str]:
-    import sqlalchemy as sa
+RECORDS = SOURCE_KEYS["patientrecord"]  # observed with the record counts as its data version
+# The other UKRDC tables a renal feed writes (facility and stats_settings are not the feed's).
+FEED_SOURCES = [SOURCE_KEYS[name] for name in ("patient", "treatment", "dialysissession")]
 
+
+def record_counts_version(counts: list[UnitCount]) -> str:
+    """A data version of the UKRDC record counts: equal counts per unit, equal version."""
+    pairs = ";".join(f"{c.facility_code}={c.ukrdc_record_count}" for c in sorted(counts, key=lambda c: c.facility_code))
+    return hashlib.sha1(pairs.encode()).hexdigest()[:16]
+
+
+def record_counts_observation(counts: list[UnitCount], **figures) -> AssetObservation:
+    return source_observation(RECORDS, record_counts_version(counts), units=len(counts),
+                              ukrdc_records=sum(c.ukrdc_record_count for c in counts), **figures)
+
+
+def last_observed_version(instance, key) -> str | None:
+    """The data version of the latest observation of a source asset (None: never observed)."""
+    record = instance.get_latest_data_version_record(key, is_source=True)
+    observation = record.event_log_entry.asset_observation if record else None
+    return observation.tags.get(DATA_VERSION_TAG) if observation else None
+
+
+def feed_observations(conn: sa.Connection, run: SyncRun, units: int) -> list[AssetObservation]:
+    """The UKRDC sources a renal feed wrote: the record counts as they are now, the other tables
+    with the sync run id."""
+    return [record_counts_observation(ukrdc_record_counts(conn), sync_run_id=run.id),
+            *(source_observation(key, run.id, sync_run_id=run.id, units=units) for key in FEED_SOURCES)]
+
+
+def _facility_codes(conn, codes: list[str]) -> set[str]:
     rows = conn.execute(sa.text("SELECT code FROM facility WHERE code = ANY(CAST(:codes AS text[]))"), {"codes": codes})
     return {r[0] for r in rows}
 
@@ -66,14 +107,17 @@ def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
     candidates = [c for c in touched if _VALID_UNIT.match(c)]
     if not candidates:
         return SyncReaction()
+    # The feed wrote records of every valid touched unit, with or without a facility row.
+    observations = feed_observations(tick.conn, run, len(candidates))
     known = _facility_codes(tick.conn, candidates)
     missing = [c for c in candidates if c not in known]
     if missing:
         log.warning("renal_feed sync %s: facility codes without a facility row skipped: %s", run.id, ", ".join(missing))
     units = [c for c in candidates if c in known]
     if not units:
-        return SyncReaction()
+        return SyncReaction(observations=observations)
     return SyncReaction(
+        observations=observations,
         run_requests=[stats_run_request(u, KINDS, f"renal_feed:{run.id}:{u}", force=True, reason=f"renal_feed:{run.id}")
                       for u in units],
         # Adding a key that exists is a no-op, so there is no need to ask the instance first.
@@ -97,6 +141,9 @@ def renal_units_registry(context: SensorEvaluationContext, postgres: PostgresRes
             settings = read_stats_settings(conn)
             eligible, missing_facility = eligible_units(conn, settings)
         expired, missing, _ = expired_aot_entries(conn, now, grace=REFRESH_GRACE)
+        counts = record_counts_observation(ukrdc_record_counts(conn))
+    # Only a change of the counts is recorded: an idle tick adds nothing to the event log.
+    observations = [] if counts.tags[DATA_VERSION_TAG] == last_observed_version(context.instance, RECORDS) else [counts]
     if missing_facility:
         context.log.warning("above the cutoff but no facility row (skipped): "
                             + ", ".join(c.facility_code for c in missing_facility))
@@ -116,12 +163,13 @@ def renal_units_registry(context: SensorEvaluationContext, postgres: PostgresRes
     ][:MAX_RUNS_PER_TICK]
     partition_requests = [renal_units_partitions.build_add_request(new[i:i + PARTITION_ADD_CHUNK])
                           for i in range(0, len(new), PARTITION_ADD_CHUNK)]
-    if not run_requests and not partition_requests:
+    if not run_requests and not partition_requests and not observations:
         return SkipReason(f"{len(units)} units above cutoff {settings.aot_min_records}: all registered and current "
                           f"({today})")
     context.log.info(f"cutoff {settings.aot_min_records}, kinds {kinds_tag}: registering {len(new)} unit(s), "
-                     f"{len(run_requests)} fill run(s)")
-    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests)
+                     f"{len(run_requests)} fill run(s), record counts {'changed' if observations else 'unchanged'}")
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests,
+                        asset_events=observations)
 
 
 sensors = [renal_units_registry]

@@ -5,6 +5,8 @@
   partition (if new) and requests a sync-group prune of it. The 24 h grace after a sync-group
   switch is evaluated by the asset at run time, so a prune inside the grace is still requested
   and records a skipped `prune_runs` row.
+  Every finished replica sync, successful or not, is observed on the `replica_store` source with
+  its sync run id as data version (a partial sync wrote rows too), so the prune shows as stale.
 - `replica_registry`: registers every replica in `replica_state` as a `replicas` partition
   (set difference against the registered keys, bounded per tick), so the daily maintenance
   check reaches replicas that have not synced yet.
@@ -18,7 +20,9 @@ import sqlalchemy as sa
 from dagster import RunConfig, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from assets.pruning import SyncGroupPruneConfig, replica_sync_group_prune_job
+from assets.pruning.dagster import replica_store_source
 from orchestration.automation import sensor_status
+from orchestration.metadata import source_observation
 from orchestration.partitions import replicas_partitions
 from orchestration.schema import replica_schema_name
 from resources.postgres import PostgresResource
@@ -35,15 +39,18 @@ def prune_run_key(sync_run_id: int) -> str:
 
 
 def on_sync_complete(run: SyncRun, tick: SyncTick | None = None) -> SyncReaction:
-    """A prune of the replica's sync group after a fully successful sync (reads nothing from the tick)."""
-    if not run.all_succeeded:
-        return SyncReaction()  # never prune after a partial or failed sync
+    """A prune of the replica's sync group after a fully successful sync (reads nothing from the tick),
+    and an observation of the replica store the sync wrote."""
     try:
         replica_schema_name(run.replica_id or "")
     except ValueError:
         # Not a valid partition key; raising would block every other family's reactions forever.
         log.warning("sync run %s: replica id is not a valid replica id; no prune requested", run.id)
         return SyncReaction()
+    observations = [source_observation(replica_store_source.key, run.id, sync_run_id=run.id, replica=run.replica_id,
+                                       all_succeeded=run.all_succeeded)]
+    if not run.all_succeeded:
+        return SyncReaction(observations=observations)  # never prune after a partial or failed sync
     request = RunRequest(
         run_key=prune_run_key(run.id),
         job_name=replica_sync_group_prune_job.name,
@@ -52,7 +59,8 @@ def on_sync_complete(run: SyncRun, tick: SyncTick | None = None) -> SyncReaction
         tags={"pso/sync_run_id": str(run.id), "pso/replica_id": run.replica_id},
     )
     return SyncReaction(run_requests=[request],
-                        dynamic_partitions_requests=[replicas_partitions.build_add_request([run.replica_id])])
+                        dynamic_partitions_requests=[replicas_partitions.build_add_request([run.replica_id])],
+                        observations=observations)
 
 
 def unregistered_replicas(conn: sa.Connection, registered: set[str], limit: int = MAX_NEW_REPLICAS_PER_TICK) -> list[str]:

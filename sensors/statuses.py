@@ -42,6 +42,7 @@ from assets.statuses.events import materializations, refresh_requested, source_o
 from assets.statuses.refresh import rules_request_reason
 from orchestration.automation import sensor_status
 from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
+from orchestration.metadata import source_observation
 from orchestration.alerts import raise_alert
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
@@ -53,6 +54,9 @@ from sensors.cursors import LOOK_BACK, HighWaterCursor
 MAX_PROGRAMME_ROWS_PER_TICK = 500  # up to one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
 EXPIRING_DELAY_TABLE = "patient_triage_statuses"  # the only table a delay ending changes (v2 §1.8)
+SESSION_PROGRAMMES = AssetKey("session_programmes")  # the source programme_added watches
+# What an immunisation import writes: the imported vaccination records and the patients they name.
+IMPORT_SOURCES = (AssetKey("patients"), AssetKey("vaccination_records"))
 REQUEST_BATCH_TAG = "pso/request_batch"  # the merged refresh requests a run handles (ids only)
 ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
@@ -111,6 +115,12 @@ def session_programmes_as_they_are(conn: sa.Connection) -> tuple[list[str], list
         "WHERE created_at >= (SELECT max(created_at) FROM session_programmes) - CAST(:look_back AS interval)"),
         {"look_back": LOOK_BACK}).all()
     return programmes, [(row_id, at) for row_id, at in newest]
+
+
+def session_programmes_observation(row_ids: list[int], new_programmes: int):
+    """session_programmes as the tick saw it: its newest row id is the data version (each row is seen by
+    one tick only, so each tick's version is new)."""
+    return source_observation(SESSION_PROGRAMMES, max(row_ids), rows=len(row_ids), new_programmes=new_programmes)
 
 
 def new_programme_requests(programmes: list[str], known_partitions: set[str]):
@@ -172,6 +182,7 @@ def programme_added_sensor(context: SensorEvaluationContext, postgres: PostgresR
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[programmes_partitions.build_add_request(new_keys)] if new_keys else [],
+        asset_events=[session_programmes_observation([row_id for row_id, _ in handled], len(new_keys))],
         cursor=cursor.advance(handled).dump(),
     )
 
@@ -362,10 +373,13 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
 
 
 def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
-    """An immunisation import finished: refresh exactly the patients it touched, every programme."""
+    """An immunisation import finished: refresh exactly the patients it touched, every programme, and
+    observe the sources it wrote (data version: the sync run id)."""
     patient_ids = sorted({int(p) for p in (run.touched or [])})
     if not patient_ids:
         return SyncReaction()
+    observations = [source_observation(key, run.id, sync_run_id=run.id, patients=len(patient_ids))
+                    for key in IMPORT_SOURCES]
     # One run per programme held in a session; programme_added may not have registered all of
     # them yet, so the tick adds the missing partitions with its run requests.
     programmes = session_programme_types(tick.conn)
@@ -382,7 +396,8 @@ def on_sync_complete(run: SyncRun, tick: SyncTick) -> SyncReaction:
     ]
     return SyncReaction(run_requests=requests,
                         dynamic_partitions_requests=[programmes_partitions.build_add_request(unregistered)]
-                        if unregistered else [])
+                        if unregistered else [],
+                        observations=observations)
 
 
 # --- status_refresh_deadline --------------------------------------------------------------------

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 import sqlalchemy as sa
-from dagster import DagsterInstance, RunRequest
+from dagster import AssetObservation, DagsterInstance, RunRequest
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class SyncRun:
 class SyncReaction:
     run_requests: list[RunRequest] = field(default_factory=list)
     dynamic_partitions_requests: list[Any] = field(default_factory=list)
+    # The source assets the sync changed, observed with the sync run's id as their data version
+    # (`orchestration.metadata.source_observation`), so their dependents show as stale in the UI.
+    observations: list[AssetObservation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,6 @@ class SyncTick:
 
     conn: sa.Connection
     instance: DagsterInstance
-
-
-SyncHandler = Callable[[SyncRun, SyncTick], SyncReaction]
 
 
 SyncHandler = Callable[[SyncRun, SyncTick], SyncReaction]

@@ -12,6 +12,10 @@ A handler takes the row (`SyncRun`) and the tick (`SyncTick`: the sensor's own P
 connection and the Dagster instance) and returns a `SyncReaction` (the types are in `sync.py`). Run keys include the sync
 run's id, so they stay right if the cursor is reset (Dagster drops a repeated key).
 
+Every handled row is also observed: the `sync_runs` source asset, and the sources the handler says
+the sync changed, each with the sync run's id as data version (a new version for every run, since
+each row is handled once), so the assets built from them show as stale until refreshed.
+
 Rows can finish out of id order (a long import started first finishes last), so the cursor
 is a high-water mark on `finished_at` plus the ids already handled inside a look-back window,
 rather than a plain "id > last".
@@ -24,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetObservation,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -33,8 +38,10 @@ from dagster import (
 
 from assets.cohort_stats import facility_stats_job
 from assets.pruning import replica_sync_group_prune_job
+from assets.pruning.dagster import sync_runs_source
 from assets.statuses import status_refresh_job
 from orchestration.automation import sensor_status
+from orchestration.metadata import source_observation
 from resources.postgres import PostgresResource
 from sensors import cohort_stats, pruning, statuses
 from sensors.cursors import HighWaterCursor
@@ -73,6 +80,12 @@ def fetch_finished_sync_runs(conn: sa.Connection, cursor: HighWaterCursor,
     return [SyncRun(**row) for row in rows]
 
 
+def sync_run_observation(run: SyncRun) -> AssetObservation:
+    """The `sync_runs` row the sensor handled (ids and counts only: `touched` holds patient ids)."""
+    return source_observation(sync_runs_source.key, run.id, sync_run_id=run.id, source=run.source,
+                              all_succeeded=run.all_succeeded, touched=len(run.touched or []))
+
+
 def merge_partition_requests(requests: list[Any]) -> list[AddDynamicPartitionsRequest]:
     """One add request per partitions definition, each key once: several syncs of one replica or
     unit in a tick would otherwise ask for the same key twice, which Dagster rejects."""
@@ -97,12 +110,14 @@ def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresRes
     handlers = sync_handlers()
     run_requests: list[RunRequest] = []
     partition_requests: list[Any] = []
+    observations: list[AssetObservation] = []
     with postgres.connect() as conn:
         runs = fetch_finished_sync_runs(conn, cursor)
         if not runs:
             return SkipReason("no newly finished sync runs")
         tick = SyncTick(conn, context.instance)
         for run in runs:
+            observations.append(sync_run_observation(run))
             handler = handlers.get(run.source)
             if handler is None:
                 context.log.info(f"sync run {run.id}: no handler for source {run.source!r}; skipped")
@@ -110,9 +125,11 @@ def sync_complete_sensor(context: SensorEvaluationContext, postgres: PostgresRes
             reaction = handler(run, tick)
             run_requests.extend(reaction.run_requests)
             partition_requests.extend(reaction.dynamic_partitions_requests)
+            observations.extend(reaction.observations)
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=merge_partition_requests(partition_requests),
+        asset_events=observations,
         cursor=cursor.advance([(r.id, r.finished_at) for r in runs]).dump(),
     )
 

@@ -149,11 +149,19 @@ def test_schedule_reads_settings_at_each_tick(units, resources, instance):
     assert evaluate().run_requests == []
 
 
+def registry_tick(instance, resources):
+    """One tick of the registry, its observations recorded as the daemon records them."""
+    with build_sensor_context(instance=instance, resources=resources,
+                              definitions=family_definitions(resources)) as ctx:
+        result = sensors_cs.renal_units_registry(ctx)  # the raw SensorResult / SkipReason
+    for event in getattr(result, "asset_events", None) or []:
+        instance.report_runless_asset_event(event)
+    return result
+
+
 def test_registry_sensor_registers_eligible_units_and_fills_missing(units, resources, instance, frozen):
     def tick():
-        with build_sensor_context(instance=instance, resources=resources,
-                                  definitions=family_definitions(resources)) as ctx:
-            return sensors_cs.renal_units_registry(ctx)  # the raw SensorResult / SkipReason
+        return registry_tick(instance, resources)
 
     result = tick()
     assert [r.partitions_def_name for r in result.dynamic_partitions_requests] == ["renal_units"]
@@ -179,9 +187,7 @@ def test_upgrading_a_calculator_recomputes_precomputed_entries_without_a_manual_
         # As a deployment of the previous calculator left them: unexpired, computed a minute ago.
         conn.execute(sa.text("UPDATE facility_stats SET calculator_version = 'pso-dialysis-1'"))
         conn.commit()
-    with build_sensor_context(instance=instance, resources=resources,
-                              definitions=family_definitions(resources)) as ctx:
-        result = sensors_cs.renal_units_registry(ctx)
+    result = registry_tick(instance, resources)
     assert [(r.partition_key, r.run_key) for r in result.run_requests] == [("BIG", "fill:BIG:dialysis:expired:20240710T12")]
     request = result.run_requests[0]
     job = family_definitions(resources).resolve_job_def(cs.JOB_NAME)
@@ -192,9 +198,7 @@ def test_upgrading_a_calculator_recomputes_precomputed_entries_without_a_manual_
     with units.connect() as conn:
         versions = conn.execute(sa.text("SELECT DISTINCT calculator_version FROM facility_stats")).scalars().all()
     assert versions == [cs.CALCULATOR_VERSIONS["dialysis"]]
-    with build_sensor_context(instance=instance, resources=resources,
-                              definitions=family_definitions(resources)) as ctx:
-        assert isinstance(sensors_cs.renal_units_registry(ctx), SkipReason)
+    assert isinstance(registry_tick(instance, resources), SkipReason)
 
 
 def test_sync_complete_refreshes_touched_units(units, resources, instance, frozen):
