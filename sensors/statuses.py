@@ -36,20 +36,32 @@ from assets.statuses import (
     all_programmes_tags,
     refresh_run_config,
     request_full_refresh_if_rules_changed,
+    run_check_keys,
     status_refresh_job,
 )
-from assets.statuses.events import materializations, refresh_requested, source_observations, split_requests
+from assets.statuses.events import (
+    check_evaluations,
+    materializations,
+    refresh_requested,
+    source_observations,
+    split_requests,
+)
 from assets.statuses.refresh import rules_request_reason
-from orchestration.automation import sensor_status
-from orchestration.clock import academic_year_start, london_today, now_utc, status_refresh_deadline
-from orchestration.metadata import source_observation
 from orchestration.alerts import raise_alert
+from orchestration.automation import sensor_status
+from orchestration.clock import (
+    academic_year_start,
+    london_today,
+    now_utc,
+    status_refresh_deadline,
+)
+from orchestration.metadata import source_observation
 from orchestration.partitions import programmes_partitions
 from orchestration.schema import RefreshScope
 from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
-from sensors.sync import SyncReaction, SyncRun, SyncTick
 from sensors.cursors import LOOK_BACK, HighWaterCursor
+from sensors.sync import SyncReaction, SyncRun, SyncTick
 
 MAX_PROGRAMME_ROWS_PER_TICK = 500  # up to one run each: bounds the runs one tick submits
 MAX_REQUESTS_PER_RUN = 10_000
@@ -63,13 +75,13 @@ ACTIVE_STATUSES = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, Dagste
 
 
 def refresh_request(run_config: dict, **kwargs) -> RunRequest:
-    """A status refresh run request. A run over part of the cache (some sessions or patients) leaves
-    out the asset checks: drift and coverage judge the whole cache, so after a scoped run they would
-    report rows the run never meant to touch (on a new deployment, every patient not refreshed yet).
-    Full runs (nightly, 1 September, backfills and materializations from the UI) keep them."""
+    """A status refresh run request with the run's own checks of the tables it selects: they judge what
+    the run covered (its programmes, patients or sessions), in the refresh's step. The whole-cache
+    checks stay in the `status_checks` job (05:00 London)."""
     if run_config["ops"]["status_tables"]["config"]["scope"] != "all":
         kwargs.setdefault("asset_selection", STATUS_ASSET_KEYS)
-        kwargs["asset_check_keys"] = []
+    if "asset_selection" in kwargs:
+        kwargs["asset_check_keys"] = run_check_keys(kwargs["asset_selection"])
     return RunRequest(run_config=run_config, **kwargs)
 
 
@@ -359,10 +371,11 @@ def status_refresh_requests_sensor(context: SensorEvaluationContext, postgres: P
         now_here, for_run = split_requests(requests) if inline else ([], requests)
         events = []
         if now_here:
-            done = refresh_requested(conn, now_here, partitions, london_today(now_utc()))
+            today = london_today(now_utc())
+            done = refresh_requested(conn, now_here, partitions, today)
             context.log.info(f"refreshed {len(done.patient_ids)} patient(s) and {len(done.session_ids)} session(s) "
                              f"of {len(done.request_ids)} request(s) in {done.seconds:.3f} s")
-            events = [*materializations(done), *source_observations(now_here)]
+            events = [*materializations(done), *check_evaluations(conn, done, today), *source_observations(now_here)]
     runs = [requests_run(for_run, partitions, context.instance)] if for_run and not in_flight else []
     if not runs and not events:
         return SkipReason(f"the pending requests wait for run {in_flight[0].run_id}")

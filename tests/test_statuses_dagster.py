@@ -31,7 +31,7 @@ from assets.statuses import (
     status_drift,
     status_tables,
 )
-from assets.statuses import NIGHTLY_DATE_TAG
+from assets.statuses import NIGHTLY_DATE_TAG, STATUS_ASSET_KEYS, run_check_keys
 from orchestration.schema import ConsentStatus, SessionStatus
 from orchestration.settings import get_settings
 from resources.postgres import PostgresResource
@@ -246,7 +246,7 @@ def test_programme_added_adds_partitions_and_requests_session_runs(world, databa
     assert request.run_key == f"programme_added:td_ipv:{world.other_session}:{row_id}"
     config = request.run_config["ops"]["status_tables"]["config"]
     assert config["scope"] == "sessions" and config["session_ids"] == [world.other_session]
-    assert request.asset_check_keys == []
+    assert set(request.asset_check_keys) == set(run_check_keys(STATUS_ASSET_KEYS))  # judge what the run covered
     # The same tick again (its cursor not yet stored): the same key, which Dagster drops.
     assert [r.run_key for r in programme_added_sensor(sensor_context(database_url, instance, cursor)).run_requests] \
         == [request.run_key]
@@ -278,7 +278,10 @@ def test_day_change_once_per_date_with_catch_up(world, database_url, instance, m
                       "request_ids": [], "today": TODAY.isoformat()}
     assert {k.path[-1] for k in request.asset_selection} == {"patient_session_session_statuses",
                                                              "patient_session_registration_statuses"}
-    assert request.asset_check_keys == []  # a scoped run: the whole-cache checks stay out
+    # The run's own checks of its two tables (they judge that run's sessions); the whole-cache ones stay out.
+    assert set(request.asset_check_keys) == set(run_check_keys(request.asset_selection))
+    assert {k.asset_key.path[-1] for k in request.asset_check_keys} == {"patient_session_session_statuses",
+                                                                       "patient_session_registration_statuses"}
     assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "flu"
     assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "td_ipv"
     # Same date again: nothing.
@@ -332,7 +335,7 @@ def test_day_change_on_1_september_refreshes_everything(world, database_url, ins
     [request] = result.run_requests
     assert request.run_config["ops"]["status_tables"]["config"]["scope"] == "all"
     assert len(request.asset_selection) == 5
-    assert request.asset_check_keys is None  # a full run keeps the checks
+    assert set(request.asset_check_keys) == set(run_check_keys(STATUS_ASSET_KEYS))  # the run's checks, not the cache's
     # An ordinary day with no session dates: cursor advances, no run.
     monkeypatch.setenv("PSO_NOW", "2027-09-03T06:00:00+00:00")
     quiet = day_change_sensor(sensor_context(database_url, instance, "2027-09-02"))
@@ -452,14 +455,15 @@ def test_refresh_requests_merge_into_one_run_and_are_marked_after_it(world, engi
     assert retry.run_config == request.run_config
     from orchestration.definitions import defs
 
-    # Run it as the daemon would: the request's assets, and no checks (a scoped run).
-    assert request.asset_check_keys == []
+    # Run it as the daemon would: the request's assets and the run's checks, which judge its patients and sessions.
+    assert set(request.asset_check_keys) == set(run_check_keys(STATUS_ASSET_KEYS))
     job = defs.resolve_job_def("status_refresh").get_subset(asset_selection=set(request.asset_selection),
                                                              asset_check_selection=set(request.asset_check_keys))
     run = job.execute_in_process(instance=instance, resources=resources, tags=request.tags,
                                  run_config=_config(**config))
     assert run.success
-    assert run.get_asset_check_evaluations() == []
+    evaluations = run.get_asset_check_evaluations()
+    assert len(evaluations) == 10 and all(e.passed for e in evaluations)
     assert isinstance(status_refresh_requests_sensor(sensor_context(database_url, instance)), SkipReason)
     assert _status(engine, "SELECT status FROM patient_triage_statuses WHERE patient_id = :p AND programme_id = :pr",
                    p=world.patients[0], pr=world.programmes["hpv"]) == 2
@@ -520,7 +524,7 @@ def test_sync_complete_requests_a_patient_scoped_refresh(world, engine, database
         config = request.run_config["ops"]["status_tables"]["config"]
         assert config["scope"] == "patients"
         assert config["patient_ids"] == sorted([world.patients[0], world.patients[2]])
-        assert request.asset_check_keys == []
+        assert set(request.asset_check_keys) == set(run_check_keys(STATUS_ASSET_KEYS))
 
 
 def test_nightly_schedule_is_one_full_run_at_03_london():

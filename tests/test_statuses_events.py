@@ -10,14 +10,28 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, AssetMaterialization, AssetObservation, DagsterRun, DagsterRunStatus, SensorResult
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
+    AssetObservation,
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+)
+from test_statuses_helpers import (
+    PROGRAMMES,
+    TODAY,
+    World,
+    instance,  # noqa: F401 - a fixture, used by name
+    refresh_everything,
+    sensor_context,
+)
 
 from assets.statuses import STATUS_REFRESH_LOCK_KEY, StatusScope, refresh_statuses
 from assets.statuses.events import INLINE_MAX_REQUESTS, split_requests
 from orchestration.schema import ConsentStatus
 from sensors.statuses import REQUEST_BATCH_TAG, status_refresh_requests_sensor
-from test_statuses_helpers import PROGRAMMES, TODAY, World, refresh_everything, sensor_context
-from test_statuses_helpers import instance  # noqa: F401 - a fixture, used by name
 
 NOON = f"{TODAY.isoformat()}T12:00:00+00:00"
 
@@ -72,6 +86,10 @@ def test_a_consent_is_refreshed_by_the_sensor_and_reported_as_materializations(w
                         if e.asset_key == AssetKey("patient_consent_statuses") and e.partition == "hpv")
     assert hpv_consents.metadata["rows_changed"].value == 1
     assert hpv_consents.metadata["dagster/table_name"].value == "public.patient_consent_statuses"
+    # Its checks judged exactly what it refreshed, and passed.
+    checks = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert len(checks) == 10 and all(c.passed for c in checks)
+    assert checks[0].metadata["scope"].value == "1 patient(s)"
     observed = [e for e in result.asset_events if isinstance(e, AssetObservation)]
     assert [o.asset_key for o in observed] == [AssetKey("consents")]
     assert int(observed[0].tags["dagster/data_version"]) > 0

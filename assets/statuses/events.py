@@ -4,7 +4,8 @@ A consent, triage, vaccination record or attendance raises a refresh request (a 
 §1.8). Launching a Dagster run for a few patients costs seconds of process start-up for milliseconds
 of work, so the sensor refreshes small batches of patient and session requests itself, in the code
 server's long-lived process, and reports each programme partition it refreshed to Dagster as a
-materialization of the five status tables. Whole-programme requests, and more requests than
+materialization of the five status tables, with the results of its checks (drift and coverage of
+exactly the patients and sessions it refreshed). Whole-programme requests, and more requests than
 `INLINE_MAX_REQUESTS`, still go to a run.
 
 The refresh is a *priority* one (orchestration/patterns/derived_table.py): it waits only for the
@@ -20,7 +21,12 @@ from datetime import date
 from typing import Iterable
 
 import sqlalchemy as sa
-from dagster import AssetKey, AssetMaterialization, AssetObservation
+from dagster import (
+    AssetCheckEvaluation,
+    AssetKey,
+    AssetMaterialization,
+    AssetObservation,
+)
 
 from assets.statuses.refresh import (
     STATUS_TABLE_NAMES,
@@ -29,7 +35,14 @@ from assets.statuses.refresh import (
     programme_ids_by_type,
     refresh_statuses,
 )
-from assets.statuses.wiring import SOURCE_TABLES
+from assets.statuses.wiring import (
+    COVERAGE_CHECK,
+    DRIFT_CHECK,
+    SOURCE_TABLES,
+    STATUS_ASSET_KEYS,
+    judgement_results,
+    run_check_keys,
+)
 from orchestration.metadata import source_observation, table_result
 from orchestration.schema import RefreshScope, metadata
 
@@ -94,6 +107,16 @@ def materializations(done: EventRefresh) -> list[AssetMaterialization]:
                                       patients=len(done.patient_ids), sessions=len(done.session_ids),
                                       requests=len(done.request_ids), seconds=round(done.seconds, 3))))
     return events
+
+
+def check_evaluations(conn: sa.Connection, done: EventRefresh, today: date) -> list[AssetCheckEvaluation]:
+    """The refresh's own checks, as a run's would be (drift and coverage of exactly its patients and
+    sessions, in the programmes it refreshed), reported with its materializations."""
+    scope = StatusScope(patient_ids=tuple(done.patient_ids), session_ids=tuple(done.session_ids))
+    results = judgement_results(conn, run_check_keys(STATUS_ASSET_KEYS), today, list(done.counts), scope,
+                                (DRIFT_CHECK, COVERAGE_CHECK))
+    return [AssetCheckEvaluation(asset_key=r.asset_key, check_name=r.check_name, passed=r.passed,
+                                 metadata=r.metadata, severity=r.severity) for r in results]
 
 
 def source_observations(requests: list[dict]) -> list[AssetObservation]:
