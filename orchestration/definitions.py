@@ -4,7 +4,11 @@ assembles definitions."""
 
 from __future__ import annotations
 
+import warnings
+
 from dagster import (
+    AssetSpec,
+    BetaWarning,
     Definitions,
     EnvVar,
     ExecutorDefinition,
@@ -13,6 +17,7 @@ from dagster import (
     in_process_executor,
     multi_or_in_process_executor,
     multiprocess_executor,
+    multi_observable_source_asset,
 )
 from dagster_aws.s3 import S3Resource
 
@@ -59,8 +64,29 @@ step_executor = ExecutorDefinition(
 )
 
 
+def observable_sources(assets: list) -> list:
+    """The families' source tables (plain `AssetSpec`s) declared observable, in one multi-asset. The
+    sensors observe them with data versions (a sync run id, the newest request or row id, a digest of
+    record counts), and Dagster's lineage compares those with the version each derived asset was built
+    from: its dependents show stale when a source moved past them. A plain AssetSpec source would leave
+    them stale for ever after its first observation. Observing from the UI records nothing new: only the
+    sensors know what changed."""
+    specs = [a for a in assets if isinstance(a, AssetSpec)]
+
+    def operational_sources(context):
+        yield from ()
+
+    with warnings.catch_warnings():  # a beta API, used on purpose (and nowhere else)
+        warnings.simplefilter("ignore", BetaWarning)
+        operational_sources = multi_observable_source_asset(
+            name="operational_sources", specs=specs, can_subset=True,
+            description="The operational tables the families read (observed by the sensors).")(operational_sources)
+
+    return [operational_sources, *(a for a in assets if not isinstance(a, AssetSpec))]
+
+
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=observable_sources(ALL_ASSETS),
     asset_checks=ALL_ASSET_CHECKS,
     jobs=ALL_JOBS,
     schedules=ALL_SCHEDULES,

@@ -17,7 +17,6 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
     materialize,
-    multi_observable_source_asset,
 )
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
@@ -151,10 +150,13 @@ def _input_version(instance, key: AssetKey, dep: AssetKey) -> str:
     return tags[f"dagster/input_data_version/{dep.to_user_string()}"]
 
 
-@multi_observable_source_asset(specs=cs.SOURCE_SPECS, can_subset=True)
-def observable_ukrdc(context):
-    """The UKRDC sources declared observable (what the resolver needs; see the last test)."""
-    yield from ()
+def observable_ukrdc():
+    """The definitions' observable sources (orchestration/definitions.py declares every source so)."""
+    from dagster import AssetKey
+
+    from orchestration.definitions import defs
+
+    return defs.resolve_assets_def(AssetKey(["ukrdc", "patientrecord"]))
 
 
 def test_a_derived_asset_records_the_observed_version_and_shows_stale_when_it_moves(engine, database_url, resources,
@@ -162,11 +164,11 @@ def test_a_derived_asset_records_the_observed_version_and_shows_stale_when_it_mo
     """The point of the observations: a materialization records the version of its source it was built
     from, and lineage tells when the source moved past it. Dagster's stale-status resolver reads a source's
     data version from observations only if the source is *observable*; a plain AssetSpec source keeps
-    `INITIAL` there (so its dependents would show stale after any observation): here the UKRDC specs
-    are declared observable, as the definitions should declare them."""
+    `INITIAL` there (so its dependents would show stale after any observation): the definitions declare
+    every source observable."""
     with engine.begin() as conn:
         small_unit(conn, "BIG", patients=4)
-    assets = [observable_ukrdc, cs.facility_record_counts]
+    assets = [observable_ukrdc(), cs.facility_record_counts]
     definitions = Definitions(assets=assets, resources=resources)
     counts_key, records = cs.facility_record_counts.key, sensors_cs.RECORDS
     with instance_for_test() as instance:
@@ -193,3 +195,13 @@ def test_a_derived_asset_records_the_observed_version_and_shows_stale_when_it_mo
             instance.report_runless_asset_event(event)
         assert _status(instance, definitions, counts_key) == StaleStatus.STALE
         assert observed(registry_tick(instance, resources)) == {}
+
+
+def test_every_source_table_of_the_definitions_is_observable():
+    """So an observation's data version means the same to lineage as to the materializations built on it."""
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    sources = [key for key in graph.get_all_asset_keys() if not graph.get(key).is_materializable]
+    assert len(sources) >= 20
+    assert [key for key in sources if not graph.get(key).is_observable] == []
