@@ -218,7 +218,7 @@ def restore_partition(hour: datetime) -> str:
     description="Re-import one deep-archived UTC hour of notification_history from its Parquet objects "
                 "(`pso restore-hour`); rows already there are kept once.")
 def restore_notification_history_hour(context: OpExecutionContext, config: RestoreHourConfig,
-                                      postgres: PostgresResource, s3: S3Resource, buckets: S3Buckets):
+                                      postgres: PostgresResource, s3: S3Resource, buckets: S3Buckets) -> None:
     try:
         hour = datetime.strptime(config.hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
     except ValueError:
@@ -235,10 +235,10 @@ def restore_notification_history_hour(context: OpExecutionContext, config: Resto
         raise Failure(description=f"nothing deep-archived for hour {config.hour} (no object under "
                                   f"{s3_uri(bucket, prefix)})", allow_retries=False)
     context.log.info(f"restored hour {config.hour}: {counts['inserted']} of {counts['rows_read']} rows inserted")
-    yield AssetMaterialization(asset_key="notification_history", partition=partition,
-                               description=f"restore of deep-archived hour {config.hour}",
-                               metadata=table_result(schema.notification_history, hour=config.hour, **counts,
-                                                     **{"dagster/uri": s3_uri(bucket, prefix)}))
+    context.log_event(AssetMaterialization(
+        asset_key="notification_history", partition=partition, description=f"restore of deep-archived hour {config.hour}",
+        metadata=table_result(schema.notification_history, hour=config.hour, **counts,
+                              **{"dagster/uri": s3_uri(bucket, prefix)})))
 
 
 @job(name="restore_notification_history_hour", partitions_def=london_days_partitions,

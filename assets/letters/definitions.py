@@ -219,7 +219,7 @@ class ArchiveContactListConfig(Config):
 @op(name="archive_contact_list_and_csv",
     description="Archive one contact list and delete its CSV (`pso letters archive-contact-list LIST_ID`).")
 def archive_contact_list_op(context: OpExecutionContext, config: ArchiveContactListConfig,
-                            postgres: PostgresResource, s3: S3Resource, buckets: S3Buckets):
+                            postgres: PostgresResource, s3: S3Resource, buckets: S3Buckets) -> None:
     try:
         list_id = uuid.UUID(config.list_id)
     except ValueError:
@@ -232,9 +232,10 @@ def archive_contact_list_op(context: OpExecutionContext, config: ArchiveContactL
                            .where(schema.service_contact_list.c.id == list_id)).scalar_one()
         conn.commit()
     context.log.info(f"contact list {list_id} archived; its CSV deleted")
-    yield AssetMaterialization(asset_key="contact_list_objects", description=f"contact list {list_id} archived",
-                               metadata={"list_id": str(list_id), "archived": True, "objects_deleted": 1,
-                                         "dagster/uri": MetadataValue.path(s3_uri(bucket, key))})
+    context.log_event(AssetMaterialization(
+        asset_key="contact_list_objects", description=f"contact list {list_id} archived",
+        metadata={"list_id": str(list_id), "archived": True, "objects_deleted": 1,
+                  "dagster/uri": MetadataValue.path(s3_uri(bucket, key))}))
 
 
 @job(name="archive_contact_list", description="Archive one contact list and delete its CSV "
