@@ -142,3 +142,29 @@ def test_prune_goes_through_the_run_queue_when_a_daemon_runs(engine, daemon, cap
         "replica_sync_group_prune_job", "north", "SUCCESS")
     # Dequeued under the job's pool: the run is counted against `replica_prune`.
     assert run.run_op_concurrency is not None and "replica_prune" in run.run_op_concurrency.root_key_counts
+
+
+def test_restore_hour_goes_through_the_run_queue_when_a_daemon_runs(engine, settings, s3, daemon, capsys):
+    from datetime import datetime, timedelta, timezone
+
+    from test_history import insert, notification
+
+    from assets.history import deep_archive_notification_history
+    from orchestration import schema
+
+    hour = datetime(2024, 6, 1, 23, tzinfo=timezone.utc)  # 00:00 on 2 June in London (BST)
+    row = {c: notification(hour + timedelta(minutes=1))[c] for c in schema.NOTIFICATION_HISTORY_COLUMNS}
+    insert(engine, schema.notification_history, [row])
+    with engine.connect() as conn:
+        deep_archive_notification_history(conn, s3, settings.buckets.archive, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert main(["restore-hour", "2024-06-01T23"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted to the run queue" in out and "1 inserted" in out
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id FROM notification_history")).scalar_one() == row["id"]
+    run = daemon.get_runs()[0]
+    assert (run.job_name, run.tags["dagster/partition"], run.status.value) == (
+        "restore_notification_history_hour", "2024-06-02", "SUCCESS")
+    assert run.run_op_concurrency is not None and "notification_archive" in run.run_op_concurrency.root_key_counts
+    event = daemon.get_latest_materialization_event(AssetKey("notification_history"))
+    assert (event.run_id, event.dagster_event.partition) == (run.run_id, "2024-06-02")

@@ -52,8 +52,8 @@ POOL = "facility_stats"
 JOB_NAME = "facility_stats_aot"
 
 
-SOURCE_SPECS = [source_spec(AssetKey(["ukrdc", name]), FAMILY, description, table=getattr(schema, name), group_name=GROUP)
-                for name, description in (
+SOURCE_SPECS = [source_spec(AssetKey(["ukrdc", name]), FAMILY, description, table=getattr(schema, name),
+                            group_name=GROUP) for name, description in (
     ("patientrecord", "UKRDC patient records (sendingfacility, sendingextract) — written by the renal feed"),
     ("patient", "UKRDC patient demographics (birth, death, gender, ethnic group)"),
     ("treatment", "UKRDC treatments (facility, from/to, admit reason, qbl05)"),

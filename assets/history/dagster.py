@@ -236,7 +236,8 @@ def restore_notification_history_hour(context: OpExecutionContext, config: Resto
                                   f"{s3_uri(bucket, prefix)})", allow_retries=False)
     context.log.info(f"restored hour {config.hour}: {counts['inserted']} of {counts['rows_read']} rows inserted")
     context.log_event(AssetMaterialization(
-        asset_key="notification_history", partition=partition, description=f"restore of deep-archived hour {config.hour}",
+        asset_key="notification_history", partition=partition,
+        description=f"restore of deep-archived hour {config.hour}",
         metadata=table_result(schema.notification_history, hour=config.hour, **counts,
                               **{"dagster/uri": s3_uri(bucket, prefix)})))
 

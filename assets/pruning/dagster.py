@@ -87,7 +87,8 @@ def _result(outcome: PruneOutcome, asset_key: str) -> MaterializeResult:
         "rows_deleted": outcome.total_deleted,
         "deleted": MetadataValue.json(outcome.deleted),
         # The same counts as a table the UI sorts: one row per replica table.
-        "tables": counts_table({t: {"deleted": outcome.deleted.get(t, 0), "pending_before": outcome.pending_before.get(t, 0),
+        "tables": counts_table({t: {"deleted": outcome.deleted.get(t, 0),
+                                    "pending_before": outcome.pending_before.get(t, 0),
                                     "pending_after": outcome.pending_after.get(t, 0)}
                                 for t in sorted({*outcome.deleted, *outcome.pending_before, *outcome.pending_after})}),
         "pending_before": MetadataValue.json(outcome.pending_before),
