@@ -2,9 +2,11 @@
 what a run did to it, under the keys the UI knows (`dagster/table_name`, `dagster/column_schema`,
 `dagster/row_count`, `dagster/uri`), with tables as `MetadataValue.table` rather than markdown.
 
-Families call `family_spec(...)` for the definition side (owners, tags, kinds, column schema from the
-schema declaration, so it is written once) and `table_result(...)`/`s3_objects(...)` for the
-materialization side.
+Families call `family_spec(family, table)` for the definition side of an asset (owners, tags, and the
+table's name and column schema from the schema declaration, so it is written once), `source_spec(...)`
+for a source (the same, plus a code reference to its declaration; `orchestration/definitions.py` adds the
+code references of assets with a function), and `table_result(...)`/`s3_objects(...)`/`records_table(...)`/
+`counts_table(...)` for the materialization side.
 """
 
 from __future__ import annotations
