@@ -18,6 +18,7 @@ from dagster import (
     multi_or_in_process_executor,
     multiprocess_executor,
     multi_observable_source_asset,
+    with_source_code_references,
 )
 from dagster_aws.s3 import S3Resource
 
@@ -76,17 +77,23 @@ def observable_sources(assets: list) -> list:
     def operational_sources(context):
         yield from ()
 
-    with warnings.catch_warnings():  # a beta API, used on purpose (and nowhere else)
-        warnings.simplefilter("ignore", BetaWarning)
-        operational_sources = multi_observable_source_asset(
-            name="operational_sources", specs=specs, can_subset=True,
-            description="The operational tables the families read (observed by the sensors).")(operational_sources)
+    operational_sources = multi_observable_source_asset(
+        name="operational_sources", specs=specs, can_subset=True,
+        description="The operational tables the families read (observed by the sensors).")(operational_sources)
 
     return [operational_sources, *(a for a in assets if not isinstance(a, AssetSpec))]
 
 
+def catalogued(assets: list) -> list:
+    """The assets with code references (each asset's page links the file and line of its function; source
+    specs carry their declaration's) and observable sources. Both are beta APIs, used on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return observable_sources(with_source_code_references(assets))
+
+
 defs = Definitions(
-    assets=observable_sources(ALL_ASSETS),
+    assets=catalogued(ALL_ASSETS),
     asset_checks=ALL_ASSET_CHECKS,
     jobs=ALL_JOBS,
     schedules=ALL_SCHEDULES,

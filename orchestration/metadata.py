@@ -2,17 +2,34 @@
 what a run did to it, under the keys the UI knows (`dagster/table_name`, `dagster/column_schema`,
 `dagster/row_count`, `dagster/uri`), with tables as `MetadataValue.table` rather than markdown.
 
-Families call `family_spec(...)` for the definition side (owners, tags, kinds, column schema from the
-schema declaration, so it is written once) and `table_result(...)`/`s3_objects(...)` for the
-materialization side.
+Families call `family_spec(family, table)` for the definition side of an asset (owners, tags, and the
+table's name and column schema from the schema declaration, so it is written once), `source_spec(...)`
+for a source (the same, plus a code reference to its declaration; `orchestration/definitions.py` adds the
+code references of assets with a function), and `table_result(...)`/`s3_objects(...)`/`records_table(...)`/
+`counts_table(...)` for the materialization side.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
+import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
-from dagster import AssetKey, AssetObservation, MetadataValue, TableColumn, TableColumnConstraints, TableRecord, TableSchema
+from dagster import (
+    BetaWarning,
+    AssetKey,
+    AssetObservation,
+    AssetSpec,
+    CodeReferencesMetadataValue,
+    LocalFileCodeReference,
+    MetadataValue,
+    TableColumn,
+    TableColumnConstraints,
+    TableRecord,
+    TableSchema,
+)
 
 # Who answers for each family (Dagster shows owners on every asset of the family).
 FAMILY_OWNERS = {
@@ -68,14 +85,37 @@ def table_definition(table: sa.Table) -> dict[str, Any]:
     return {"dagster/table_name": f"public.{table.name}", "dagster/column_schema": column_schema(table)}
 
 
-def family_spec(family: str) -> dict[str, Any]:
-    """Owners and tags shared by every asset of a family (keyword arguments of `@asset`/`AssetSpec`)."""
-    return {"owners": FAMILY_OWNERS[family], "tags": {"family": family, "upstream": FAMILY_UPSTREAM[family]}}
+def family_spec(family: str, table: sa.Table | None = None, **metadata: Any) -> dict[str, Any]:
+    """Owners and tags shared by every asset of a family (keyword arguments of `@asset`/`AssetSpec`); with
+    `table`, the definition metadata of the Postgres table the asset is (name and column schema); any
+    other definition metadata as keywords (e.g. `{"dagster/uri": …}` given as `**{…}`)."""
+    spec: dict[str, Any] = {"owners": FAMILY_OWNERS[family],
+                            "tags": {"family": family, "upstream": FAMILY_UPSTREAM[family]}}
+    described = {**(table_definition(table) if table is not None else {}), **metadata}
+    if described:
+        spec["metadata"] = described
+    return spec
 
 
-def row_count(conn: sa.Connection, table: sa.Table) -> int:
-    """Exact rows in the table (the materialization's `dagster/row_count`)."""
-    return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+def source_spec(key: AssetKey | str | Sequence[str], family: str, description: str, table: sa.Table | None = None,
+                kinds: Iterable[str] = ("postgres",), **kwargs: Any) -> AssetSpec:
+    """A source asset of a family (a table or bucket other applications write): owners, tags, the table's
+    definition metadata, and a code reference to the line that declares it (`with_source_code_references`
+    only reaches assets with a function body)."""
+    caller = inspect.currentframe().f_back  # the family module's declaration
+    spec = family_spec(family, table)
+    with warnings.catch_warnings():  # code references are a beta API, used on purpose
+        warnings.simplefilter("ignore", BetaWarning)
+        reference = LocalFileCodeReference(file_path=os.path.abspath(caller.f_code.co_filename),
+                                           line_number=caller.f_lineno, label="declared here")
+        references = CodeReferencesMetadataValue(code_references=[reference])
+    spec["metadata"] = {**spec.get("metadata", {}), "dagster/code_references": references}
+    return AssetSpec(key=key, description=description, kinds=set(kinds), **spec, **kwargs)
+
+
+def row_count(conn: sa.Connection, table: sa.Table, *where: Any) -> int:
+    """Exact rows in the table, or in the part `where` selects (a partition): the `dagster/row_count`."""
+    return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
 
 
 def table_result(table: sa.Table, rows: int | None = None, **figures: Any) -> dict[str, Any]:

@@ -76,7 +76,10 @@ def test_materialize_partition_writes_stats_and_readable_metadata(units, resourc
     assert mat.metadata["stored"].value == 2
     counts = result.asset_materializations_for_node("facility_record_counts")[0]
     assert counts.metadata["units above cutoff"].value == 1  # NOFAC is above but has no facility row
-    assert "NOFAC" in counts.metadata["above cutoff without facility row (skipped)"].value
+    skipped = counts.metadata["above cutoff without facility row (skipped)"].records  # MetadataValue.table
+    assert [r.data["facility_code"] for r in skipped] == ["NOFAC"]
+    assert counts.metadata["dagster/table_name"].value == "public.facility_record_counts"
+    assert counts.metadata["dagster/row_count"].value >= 1
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"no_expired_aot_entries": True}
     # Re-running the partition changes nothing (within skip_if_fresher_than).

@@ -80,9 +80,18 @@ def test_inbound_facts_and_deep_archive_assets(engine, resources, monkeypatch, s
                                     "WHERE bst_date = '2026-11-01'")).scalar_one() == 3
     deep = materialize([*history.assets], partition_key="2025-11-01", resources=resources,
                        selection=["notification_history_deep_archive"])
-    assert deep.asset_materializations_for_node("notification_history_deep_archive")[0].metadata["rows"].value == 1
+    deep_metadata = deep.asset_materializations_for_node("notification_history_deep_archive")[0].metadata
+    assert deep_metadata["rows"].value == 1
     [(_, key)] = stored_keys(s3, settings.buckets.archive)
     assert key.startswith("notification_history/created_at_date_hour=2025-11-01T10/")
+    # Dagster's own keys: the prefix's URI, and the run's objects as a table (no markdown).
+    assert deep_metadata["dagster/uri"].value == f"s3://{settings.buckets.archive}/notification_history/"
+    assert [r.data["key"] for r in deep_metadata["keys"].records] == [key]
+    facts = result.asset_materializations_for_node("ft_notification_status")[0].metadata
+    assert facts["dagster/table_name"].value == "public.ft_notification_status"
+    with engine.connect() as conn:
+        assert facts["dagster/row_count"].value == conn.execute(sa.text(
+            "SELECT count(*) FROM ft_notification_status WHERE bst_date = '2026-11-01'")).scalar_one() > 0
 
 
 def test_schedules_request_ranges_at_upstream_times():
@@ -215,17 +224,26 @@ def test_pso_restore_hour_command(engine, settings, s3, dagster_storage, capsys)
         history.deep_archive_notification_history(conn, s3, settings.buckets.archive, datetime(2026, 1, 1, tzinfo=UTC))
         assert conn.execute(sa.text("SELECT count(*) FROM notification_history")).scalar_one() == 0
     assert main(["restore-hour", "2024-03-05T07"]) == 0
-    assert "1 inserted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no daemon is running" in out and "1 inserted" in out
     with engine.connect() as conn:
         restored = conn.execute(sa.select(schema.notification_history)).mappings().one()
     assert dict(restored) == row
-    assert main(["restore-hour", "2024-03-05T08"]) == 1  # nothing archived for that hour
-    # Reported to Dagster on the asset and London day it changed (the command has no job of its own).
+    assert main(["restore-hour", "2024-03-05T08"]) == 1  # nothing archived for that hour: the run fails
+    assert "nothing deep-archived for hour 2024-03-05T08" in capsys.readouterr().out
+    # Each command is a run of the restore job, on the hour's London day, that materialized that partition.
     instance = DagsterInstance.from_config(str(get_settings().dagster_home))
     try:
+        runs = [(r.job_name, r.tags.get("dagster/partition"), r.tags.get("pso/cli"), r.status.value)
+                for r in reversed(instance.get_runs())]
+        assert runs == [("restore_notification_history_hour", "2024-03-05", "restore-hour", "SUCCESS"),
+                        ("restore_notification_history_hour", "2024-03-05", "restore-hour", "FAILURE")]
         event = instance.get_latest_materialization_event(AssetKey("notification_history"))
+        assert event.run_id == instance.get_runs()[-1].run_id
         assert event.dagster_event.partition == "2024-03-05"
-        assert event.asset_materialization.metadata["inserted"].value == 1
-        assert event.asset_materialization.metadata["pso/cli"].value == "restore-hour"
+        metadata = event.asset_materialization.metadata
+        assert (metadata["inserted"].value, metadata["hour"].value) == (1, "2024-03-05T07")
+        assert metadata["dagster/uri"].value == (f"s3://{settings.buckets.archive}/notification_history/"
+                                                 "created_at_date_hour=2024-03-05T07/")
     finally:
         instance.dispose()

@@ -93,6 +93,10 @@ def test_materialize_sync_group_prune_partition(engine, postgres, instance):
     assert metadata["deleted"].data == row["deleted"]
     assert row["deleted"]["patient"] == 3 and metadata["rows_deleted"].value == 6  # 3 patients + their addresses
     assert metadata["prune_run_id"].value == row["id"]
+    tables = {r.data["table"]: r.data for r in metadata["tables"].records}  # the same counts, as a table
+    assert {t: r["deleted"] for t, r in tables.items() if r["deleted"]} == {
+        t: n for t, n in row["deleted"].items() if n}
+    assert all(r["pending_before"] == r["pending_after"] for r in tables.values())
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "no_pending_rows_deleted" and check.passed
     # Idempotent: a second run of the same partition deletes nothing.

@@ -316,7 +316,8 @@ def test_materialize_one_month_then_a_range_as_one_run(engine, database_url, res
     assert not check.passed  # March is not backfilled yet
     assert (check.metadata["orders_missing"].value, check.metadata["events_missing"].value) == (3, 5)
     assert str(_id("pending-with-result")) in check.metadata["sample_order_ids"].value
-    assert "| event | 2024-03 | 5 |" in check.metadata["missing_per_month"].value
+    assert {"source": "event", "month": "2024-03", "missing": 5} in [  # a MetadataValue.table
+        r.data for r in check.metadata["missing_per_month"].records]
 
     # A range of months is one run (BackfillPolicy.single_run): the tags Dagster sets for a ranged backfill.
     ranged = materialize(_defs_assets(), resources=resources, instance=instance, tags={
@@ -326,7 +327,9 @@ def test_materialize_one_month_then_a_range_as_one_run(engine, database_url, res
     assert {e.partition for e in events} == {"2024-02-01", "2024-03-01", "2024-04-01", "2024-05-01"}
     metadata = events[0].materialization.metadata
     assert metadata["months"].value == 4 and metadata["rows_inserted"].value == 6
-    assert "| 2024-03 | 3 | 3 |" in metadata["rows_inserted_per_month"].value
+    assert {"month": "2024-03", "order_pass": 3, "event_pass": 3} in [
+        r.data for r in metadata["rows_inserted_per_month"].records]
+    assert metadata["dagster/table_name"].value == "public.result"
     assert _check_result(ranged).passed
     with engine.connect() as conn:
         assert _new_rows(conn, []) >= _expected_new_rows()

@@ -17,14 +17,12 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
-    AssetSpec,
     BackfillPolicy,
     BetaWarning,
     Config,
     Failure,
     FreshnessPolicy,
     MaterializeResult,
-    MetadataValue,
     RunRequest,
     asset,
     asset_check,
@@ -41,29 +39,28 @@ from assets.cohort_stats.eligibility import (
 )
 from assets.cohort_stats.metadata import TABLES, skipped_table
 from assets.cohort_stats.windows import stats_windows
+from orchestration import schema
 from orchestration.clock import london_today, now_utc
+from orchestration.metadata import family_spec, records_table, row_count, source_spec, table_result
 from orchestration.partitions import renal_units_partitions
 from orchestration.patterns.ttl_cache import transaction
 from resources.postgres import PostgresResource
 
 GROUP = "cohort_stats"
+FAMILY = "cohort_stats"
 POOL = "facility_stats"
 JOB_NAME = "facility_stats_aot"
 
 
-def _source(name: str, description: str) -> AssetSpec:
-    return AssetSpec(AssetKey(["ukrdc", name]), group_name=GROUP, description=description,
-                     metadata={"table": name}, kinds={"postgres"})
-
-
-SOURCE_SPECS = [
-    _source("patientrecord", "UKRDC patient records (sendingfacility, sendingextract) — written by the renal feed"),
-    _source("patient", "UKRDC patient demographics (birth, death, gender, ethnic group)"),
-    _source("treatment", "UKRDC treatments (facility, from/to, admit reason, qbl05)"),
-    _source("dialysissession", "UKRDC dialysis sessions"),
-    _source("facility", "Renal units"),
-    _source("stats_settings", "Runtime settings: cutoff, ahead-of-time kinds, skip window, TTL"),
-]
+SOURCE_SPECS = [source_spec(AssetKey(["ukrdc", name]), FAMILY, description, table=getattr(schema, name),
+                            group_name=GROUP) for name, description in (
+    ("patientrecord", "UKRDC patient records (sendingfacility, sendingextract) — written by the renal feed"),
+    ("patient", "UKRDC patient demographics (birth, death, gender, ethnic group)"),
+    ("treatment", "UKRDC treatments (facility, from/to, admit reason, qbl05)"),
+    ("dialysissession", "UKRDC dialysis sessions"),
+    ("facility", "Renal units"),
+    ("stats_settings", "Runtime settings: cutoff, ahead-of-time kinds, skip window, TTL"),
+)]
 SOURCE_KEYS = {spec.key.path[-1]: spec.key for spec in SOURCE_SPECS}
 
 # Stats promise to be no older than their TTL (+ the refresh's grace) for refreshed units.
@@ -82,6 +79,7 @@ class FacilityStatsConfig(Config):
     deps=[SOURCE_KEYS["patientrecord"], SOURCE_KEYS["facility"]],
     description="UKRDC record count per sending facility (§2.4 eligibility), rewritten on every run.",
     kinds={"postgres"},
+    **family_spec(FAMILY, schema.facility_record_counts),
 )
 def facility_record_counts(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
     started = time.perf_counter()
@@ -91,12 +89,14 @@ def facility_record_counts(context: AssetExecutionContext, postgres: PostgresRes
         with transaction(conn):
             settings = read_stats_settings(conn)
             eligible, missing = eligible_units(conn, settings)
+        rows = row_count(conn, schema.facility_record_counts)  # one row per sending facility: small
     return MaterializeResult(metadata={
+        **table_result(schema.facility_record_counts, rows=rows),
         **counts,
         "cutoff (aot_min_records)": settings.aot_min_records,
         "units above cutoff": len(eligible),
-        "above cutoff without facility row (skipped)": MetadataValue.md(
-            ", ".join(c.facility_code for c in missing) or "none"),
+        "above cutoff without facility row (skipped)": records_table(["facility_code"],
+                                                                     [[c.facility_code] for c in missing]),
         "duration_ms": int((time.perf_counter() - started) * 1000),
     })
 
@@ -119,6 +119,7 @@ def _build_stats_asset(kind: str):
         freshness_policy=STATS_FRESHNESS,
         description=f"{kind} stats per renal unit for windows W1/W2 in facility_stats (TTL cache; §2.4).",
         kinds={"postgres"},
+        **family_spec(FAMILY, schema.facility_stats),
     )
     def _asset(context: AssetExecutionContext, config: FacilityStatsConfig, postgres: PostgresResource) -> MaterializeResult:
         run_start = now_utc()
@@ -129,7 +130,11 @@ def _build_stats_asset(kind: str):
             done, failed = refresh_units(conn, units, kind, run_start, force=config.force, settings=settings)
             with transaction(conn):
                 deleted = STATS_CACHE.delete_expired(conn, run_start)
+            stats = schema.facility_stats.c  # the partition's entries (primary key prefix: cheap)
+            rows = row_count(conn, schema.facility_stats, stats.facility_code.in_(units), stats.stats_kind == kind)
+            conn.commit()
         metadata: dict[str, Any] = {
+            **table_result(schema.facility_stats, rows=rows),
             "reason": config.reason, "units": len(units), "cutoff (aot_min_records)": settings.aot_min_records,
             "ttl_hours": settings.ttl.total_seconds() / 3600,
             "stored": sum(o.status == "stored" for r in done for o in r.outcomes),

@@ -31,12 +31,15 @@ from assets.history.dagster import (
     SOURCE_KEYS,
     DeepArchiveConfig,
     FactConfig,
+    RestoreHourConfig,
     assets,
     deep_archive_job,
     ft_notification_status_job,
     inbound_sms_archive_job,
     jobs,
     notification_archive_job,
+    restore_notification_history_hour_job,
+    restore_partition,
 )
 from assets.history.deep_archive import (
     DEEP_ARCHIVE_EXPORT,
@@ -64,10 +67,11 @@ from assets.history.rules import (
 
 __all__ = [
     "DEEP_ARCHIVE_EXPORT", "FACT_DAYS_BACK", "NIGHTLY_LOOKBACK_DAYS", "PDF_LIFECYCLE_RULE_ID",
-    "PENDING_LETTER_STATUSES", "SOURCE_KEYS", "DeepArchiveConfig", "FactConfig", "NotificationArchiveResult",
+    "PENDING_LETTER_STATUSES", "SOURCE_KEYS", "DeepArchiveConfig", "FactConfig", "RestoreHourConfig", "NotificationArchiveResult",
     "PdfCounts", "archive_inbound_sms", "archive_notifications", "asset_checks", "assets", "bad_notification_input",
     "deep_archive_job", "deep_archive_notification_history", "delete_letter_pdfs", "ensure_pdf_lifecycle_rules",
     "fact_days", "ft_notification_status_job", "hour_prefix", "inbound_sms_archive_job", "jobs",
     "letter_pdf_location", "notification_archive_job", "notification_archive_units", "notification_counts",
     "pending_letters_in_history", "pii_columns_in", "rebuild_ft_notification_status", "restore_hour",
+    "restore_notification_history_hour_job", "restore_partition",
 ]

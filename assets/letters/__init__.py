@@ -26,6 +26,7 @@ from assets.letters.contact_lists import (
     sweep_archived_contact_lists,
 )
 from assets.letters.definitions import (
+    archive_contact_list_job,
     assets,
     asset_checks,
     contact_list_objects_asset,
@@ -55,7 +56,7 @@ from assets.letters.still_created import record_letters_still_created_alert
 
 __all__ = [
     "MAX_BATCH_BYTES", "MAX_BATCH_LETTERS", "POSTAGE_CODES", "CollationResult", "Letter", "PlannedBatch",
-    "archive_contact_list", "asset_checks", "assets", "batch_hash", "batch_zip_name", "collate_letters",
+    "archive_contact_list", "archive_contact_list_job", "asset_checks", "assets", "batch_hash", "batch_zip_name", "collate_letters",
     "complete_batches", "contact_list_key", "contact_list_objects_asset", "deadline_for_print_date", "every_waiting_letter_collatable",
     "group_into_batches", "jobs", "letter_batches_asset", "letter_collation_job", "letters_still_created_alert_job",
     "manifest_key", "no_letter_in_two_batches", "no_letter_sending_without_zip", "object_exists", "pdf_file_name",

@@ -1,6 +1,7 @@
 """Dagster wiring of the letters family: the collation asset and its checks, the returned-letters and
 contact-list assets, the §4.5 alert job."""
 
+import uuid
 from datetime import date, timedelta
 
 import sqlalchemy as sa
@@ -9,7 +10,9 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
-    AssetSpec,
+    AssetMaterialization,
+    Config,
+    Failure,
     FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
@@ -23,32 +26,35 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from assets.letters.collation import collate_letters, unbatchable_by_reason
-from assets.letters.contact_lists import returned_letter_summary, sweep_archived_contact_lists
-from assets.letters.keys import object_exists, zip_key
+from assets.letters.contact_lists import archive_contact_list, returned_letter_summary, sweep_archived_contact_lists
+from assets.letters.keys import manifest_key, object_exists, zip_key
 from assets.letters.pdfs import S3Access
 from assets.letters.selection import ID_LIST_LIMIT, format_ids, unbatchable_letters
 from assets.letters.still_created import record_letters_still_created_alert
+from orchestration import schema
 from orchestration.clock import letter_deadline, now_utc
+from orchestration.metadata import family_spec, records_table, row_count, s3_objects, s3_uri, source_spec, table_result
 from orchestration.partitions import print_days_partitions
 from orchestration.schema import LetterBatchState
 from resources.postgres import PostgresResource
 from resources.s3 import S3Buckets
 
 GROUP = "letters"
+FAMILY = "letters"
 
 
 # `notifications` and `services` are declared once, as source specs of the history family (assets/history.py);
 # the collation depends on them by key so the lineage shows one node per table.
 NOTIFICATIONS_SOURCE = AssetKey(["notify", "notifications"])
 SERVICES_SOURCE = AssetKey(["notify", "services"])
-letter_pdfs_source = AssetSpec(
-    AssetKey(["notify", "letters_pdf_bucket"]), group_name=GROUP, kinds={"s3"},
+letter_pdfs_source = source_spec(
+    AssetKey(["notify", "letters_pdf_bucket"]), FAMILY, kinds={"s3"}, group_name=GROUP,
     description="Letter PDFs in the letters-PDF bucket, at `{folder}/NOTIFY.{REFERENCE}…PDF` (§4.4 rule 3).")
-returned_letters_source = AssetSpec(
-    AssetKey(["notify", "returned_letters"]), group_name=GROUP, kinds={"postgres"},
+returned_letters_source = source_spec(
+    AssetKey(["notify", "returned_letters"]), FAMILY, table=schema.returned_letters, group_name=GROUP,
     description="Operational `returned_letters`: letters the printer reported as returned.")
-contact_lists_source = AssetSpec(
-    AssetKey(["notify", "service_contact_list"]), group_name=GROUP, kinds={"postgres"},
+contact_lists_source = source_spec(
+    AssetKey(["notify", "service_contact_list"]), FAMILY, table=schema.service_contact_list, group_name=GROUP,
     description="Operational `service_contact_list` rows; each list's CSV is in the contact-lists bucket.")
 
 
@@ -67,6 +73,7 @@ def _print_day(context: AssetExecutionContext) -> date:
                                           timezone="Europe/London"),
     description="Daily letter collation (§4): letters created before 17:30 London become zip batches and JSON "
                 "manifests in the batches bucket; letters move to `sending`; `letter_print_volumes` per postage.",
+    **family_spec(FAMILY, schema.letter_batches),
 )
 def letter_batches_asset(context: AssetExecutionContext, postgres: PostgresResource, s3: S3Resource,
                          buckets: S3Buckets) -> MaterializeResult:
@@ -74,9 +81,13 @@ def letter_batches_asset(context: AssetExecutionContext, postgres: PostgresResou
     with postgres.connect() as conn:
         result = collate_letters(conn, s3.get_client(), buckets, day, now_utc(), reads=S3Access.of_resource(s3),
                                  echo=context.log.info)
-    volumes_table = "| postage | letters | sheets |\n|---|---:|---:|\n" + "\n".join(
-        f"| {p} | {v['letters']} | {v['sheets']} |" for p, v in result.volumes.items())
+        batches = row_count(conn, schema.letter_batches, schema.letter_batches.c.print_date == day)
+    zips = sorted(result.zip_keys)
+    objects = [key for z in zips for key in (z, manifest_key(day, z.rsplit("/", 1)[-1]))]
     metadata = {
+        # dagster/row_count: the print day's batches; dagster/uri: its prefix; `keys`: zips and manifests.
+        **table_result(schema.letter_batches, rows=batches),
+        **s3_objects(buckets.letter_batches, f"{day.isoformat()}/", objects, shown=2 * ID_LIST_LIMIT),
         "print_date": day.isoformat(),
         "deadline": result.deadline.isoformat(),
         "letters_selected": result.selected,
@@ -92,8 +103,9 @@ def letter_batches_asset(context: AssetExecutionContext, postgres: PostgresResou
         "batches_uploaded": len(result.zip_keys),
         "letters_sending": result.letters_sending,
         "s3_list_calls": result.list_calls,
-        "zip_keys": MetadataValue.json(sorted(result.zip_keys)[:ID_LIST_LIMIT]),
-        "print_volumes": MetadataValue.md(volumes_table),
+        "zip_keys": MetadataValue.json(zips[:ID_LIST_LIMIT]),
+        "print_volumes": records_table(["postage", "letters", "sheets"],
+                                       [[p, v["letters"], v["sheets"]] for p, v in result.volumes.items()]),
         **{f"letters_{p.replace('-', '_')}": v["letters"] for p, v in result.volumes.items()},
         **{f"sheets_{p.replace('-', '_')}": v["sheets"] for p, v in result.volumes.items()},
         **{f"seconds_{k}": round(v, 3) for k, v in result.seconds.items()},
@@ -171,24 +183,24 @@ def no_letter_in_two_batches(postgres: PostgresResource) -> AssetCheckResult:
 
 @asset(name="returned_letter_summary", group_name=GROUP, deps=[returned_letters_source], kinds={"postgres"},
        description="Returned letters: count per reported_at per service (newest first) and each service's most "
-                   "recent report date (upstream's returned-letter summary).")
+                   "recent report date (upstream's returned-letter summary).", **family_spec(FAMILY))
 def returned_letter_summary_asset(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
     with postgres.connect() as conn:
         rows, latest = returned_letter_summary(conn)
-    table = "| reported_at | service_id | returned letters |\n|---|---|---:|\n" + "\n".join(
-        f"| {day} | {service} | {count} |" for service, day, count in rows[:200])
+    table = records_table(["reported_at", "service_id", "returned_letters"],
+                          [[day.isoformat(), str(service), count] for service, day, count in rows[:200]])
     return MaterializeResult(metadata={
         "rows": len(rows),
         "returned_letters": sum(r[2] for r in rows),
         "services": len(latest),
         "most_recent_report": max(latest.values()).isoformat() if latest else "none",
-        "summary": MetadataValue.md(table),
+        "summary": table,
     })
 
 
 @asset(name="contact_list_objects", group_name=GROUP, deps=[contact_lists_source], kinds={"s3"},
        description="Contact-list CSVs in S3 match `service_contact_list`: archived lists' objects are deleted; "
-                   "live lists missing their object are reported.")
+                   "live lists missing their object are reported.", **family_spec(FAMILY))
 def contact_list_objects_asset(context: AssetExecutionContext, postgres: PostgresResource, s3: S3Resource,
                                buckets: S3Buckets) -> MaterializeResult:
     bucket = buckets.contact_lists
@@ -196,8 +208,40 @@ def contact_list_objects_asset(context: AssetExecutionContext, postgres: Postgre
         deleted, orphaned = sweep_archived_contact_lists(conn, s3.get_client(), bucket)
     if orphaned:
         context.log.warning(f"{len(orphaned)} live contact lists have no CSV in S3: {format_ids(orphaned)}")
-    return MaterializeResult(metadata={"objects_deleted": deleted, "live_lists_without_object": len(orphaned),
+    return MaterializeResult(metadata={"dagster/uri": MetadataValue.path(s3_uri(bucket)), "objects_deleted": deleted, "live_lists_without_object": len(orphaned),
                                        "live_list_ids_without_object": [str(i) for i in orphaned[:ID_LIST_LIMIT]]})
+
+
+class ArchiveContactListConfig(Config):
+    list_id: str  # the service_contact_list id
+
+
+@op(name="archive_contact_list_and_csv",
+    description="Archive one contact list and delete its CSV (`pso letters archive-contact-list LIST_ID`).")
+def archive_contact_list_op(context: OpExecutionContext, config: ArchiveContactListConfig,
+                            postgres: PostgresResource, s3: S3Resource, buckets: S3Buckets) -> None:
+    try:
+        list_id = uuid.UUID(config.list_id)
+    except ValueError:
+        raise Failure(description=f"not a contact list id: {config.list_id!r}", allow_retries=False) from None
+    bucket = buckets.contact_lists
+    with postgres.connect() as conn:
+        if not archive_contact_list(conn, s3.get_client(), bucket, list_id):
+            raise Failure(description=f"no such contact list: {list_id}", allow_retries=False)
+        key = conn.execute(sa.select(schema.service_contact_list.c.s3_key)
+                           .where(schema.service_contact_list.c.id == list_id)).scalar_one()
+        conn.commit()
+    context.log.info(f"contact list {list_id} archived; its CSV deleted")
+    context.log_event(AssetMaterialization(
+        asset_key="contact_list_objects", description=f"contact list {list_id} archived",
+        metadata={"list_id": str(list_id), "archived": True, "objects_deleted": 1,
+                  "dagster/uri": MetadataValue.path(s3_uri(bucket, key))}))
+
+
+@job(name="archive_contact_list", description="Archive one contact list and delete its CSV "
+                                              "(`pso letters archive-contact-list LIST_ID`).")
+def archive_contact_list_job():
+    archive_contact_list_op()
 
 
 @op(description="Alert on normal letters still `created` past the previous day's 17:30 London deadline.")
@@ -218,4 +262,4 @@ letter_collation_job = define_asset_job(
 assets: list = [letter_pdfs_source, returned_letters_source, contact_lists_source,
                 letter_batches_asset, returned_letter_summary_asset, contact_list_objects_asset]
 asset_checks: list = [no_letter_sending_without_zip, no_letter_in_two_batches, every_waiting_letter_collatable]
-jobs: list = [letter_collation_job, letters_still_created_alert_job]
+jobs: list = [letter_collation_job, letters_still_created_alert_job, archive_contact_list_job]

@@ -15,7 +15,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetSpec,
     Backoff,
     Config,
     Failure,
@@ -36,22 +35,25 @@ from assets.pruning.rules import (
     replica_maintenance,
     sync_group_prune,
 )
+from orchestration import schema
 from orchestration.clock import now_utc
+from orchestration.metadata import counts_table, family_spec, source_spec
 from orchestration.partitions import replicas_partitions
 from resources.postgres import PostgresResource
 
 GROUP = "pruning"
+FAMILY = "pruning"
 
-replica_state_source = AssetSpec(
-    "replica_state", group_name=GROUP, kinds={"postgres"},
+replica_state_source = source_spec(
+    "replica_state", FAMILY, table=schema.replica_state, group_name=GROUP,
     description="Operational: one row per replica (current facility, sync-group switch time, last maintenance).",
 )
-sync_runs_source = AssetSpec(
-    "sync_runs", group_name=GROUP, kinds={"postgres"},
+sync_runs_source = source_spec(
+    "sync_runs", FAMILY, table=schema.sync_runs, group_name=GROUP,
     description="Operational: syncs and imports finished by the operational side (shared by every family).",
 )
-replica_store_source = AssetSpec(
-    "replica_store", group_name=GROUP, kinds={"postgres"},
+replica_store_source = source_spec(
+    "replica_store", FAMILY, group_name=GROUP,
     description="Operational: a replica's Simple tables (schema replica_<id>), written by its sync.",
 )
 
@@ -84,6 +86,11 @@ def _result(outcome: PruneOutcome, asset_key: str) -> MaterializeResult:
         "skipped_reason": outcome.skipped_reason or "",
         "rows_deleted": outcome.total_deleted,
         "deleted": MetadataValue.json(outcome.deleted),
+        # The same counts as a table the UI sorts: one row per replica table.
+        "tables": counts_table({t: {"deleted": outcome.deleted.get(t, 0),
+                                    "pending_before": outcome.pending_before.get(t, 0),
+                                    "pending_after": outcome.pending_after.get(t, 0)}
+                                for t in sorted({*outcome.deleted, *outcome.pending_before, *outcome.pending_after})}),
         "pending_before": MetadataValue.json(outcome.pending_before),
         "pending_after": MetadataValue.json(outcome.pending_after),
         "duration_s": round((outcome.finished_at - outcome.started_at).total_seconds(), 3),
@@ -113,6 +120,7 @@ def _replica_asset(name: str, check_description: str, description: str):
         kinds={"postgres"},
         check_specs=[AssetCheckSpec(PENDING_CHECK, asset=name, description=check_description)],
         description=description,
+        **family_spec(FAMILY),
     )
 
 

@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    AssetSpec,
     BackfillPolicy,
     BetaWarning,
     MaterializeResult,
@@ -18,27 +17,30 @@ from dagster import (
 )
 
 from assets.results.rules import BackfillCounts, backfill_results, find_missing_results
+from orchestration import schema
+from orchestration.metadata import family_spec, records_table, source_spec, table_result
 from orchestration.partitions import months_partitions
 from resources.postgres import PostgresResource
 
 GROUP = "results"
+FAMILY = "results"
 
 # Source tables (lineage).
-test_order_spec = AssetSpec("test_order", group_name=GROUP, kinds={"postgres"},
-                            description="SimpleReport test orders (operational; written by the app). "
-                                        "Legacy outcome in `result`; `test_event_id` is the current event.")
-test_event_spec = AssetSpec("test_event", group_name=GROUP, kinds={"postgres"},
-                            description="SimpleReport test events (operational, immutable): ORIGINAL, "
-                                        "CORRECTED and REMOVED events chained by prior_corrected_test_event_id.")
-supported_disease_spec = AssetSpec("supported_disease", group_name=GROUP, kinds={"postgres"},
-                                   description="Diseases a result can be for (COVID-19, Flu A, Flu B).")
+test_order_spec = source_spec("test_order", FAMILY, table=schema.test_order, group_name=GROUP,
+                              description="SimpleReport test orders (operational; written by the app). "
+                                          "Legacy outcome in `result`; `test_event_id` is the current event.")
+test_event_spec = source_spec("test_event", FAMILY, table=schema.test_event, group_name=GROUP,
+                              description="SimpleReport test events (operational, immutable): ORIGINAL, "
+                                          "CORRECTED and REMOVED events chained by prior_corrected_test_event_id.")
+supported_disease_spec = source_spec("supported_disease", FAMILY, table=schema.supported_disease, group_name=GROUP,
+                                     description="Diseases a result can be for (COVID-19, Flu A, Flu B).")
 
 
-def _counts_table(counts: BackfillCounts) -> str:
-    lines = ["| month | order pass | event pass |", "|---|---:|---:|"]
-    for month in sorted(set(counts.order_pass) | set(counts.event_pass)):
-        lines.append(f"| {month} | {counts.order_pass.get(month, 0):,} | {counts.event_pass.get(month, 0):,} |")
-    return "\n".join(lines)
+def _counts_table(counts: BackfillCounts):
+    """Rows inserted per month by each pass, as a `MetadataValue.table`."""
+    months = sorted(set(counts.order_pass) | set(counts.event_pass))
+    return records_table(["month", "order_pass", "event_pass"],
+                         [[m, counts.order_pass.get(m, 0), counts.event_pass.get(m, 0)] for m in months])
 
 
 def _result(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
@@ -46,7 +48,7 @@ def _result(context: AssetExecutionContext, postgres: PostgresResource) -> Mater
     context.log.info(f"results backfill over [{window.start.isoformat()}, {window.end.isoformat()})")
     with postgres.connect() as conn:
         counts = backfill_results(conn, window.start, window.end, log=context.log)
-    return MaterializeResult(metadata={
+    return MaterializeResult(metadata=table_result(schema.result, **{
         "rows_inserted": counts.inserted,
         "rows_inserted_order_pass": counts.order_rows,
         "rows_inserted_event_pass": counts.event_rows,
@@ -57,8 +59,8 @@ def _result(context: AssetExecutionContext, postgres: PostgresResource) -> Mater
         "duration_seconds": MetadataValue.float(round(counts.seconds, 3)),
         "order_pass_seconds": MetadataValue.float(round(counts.order_pass_seconds, 3)),
         "event_pass_seconds": MetadataValue.float(round(counts.event_pass_seconds, 3)),
-        "rows_inserted_per_month": MetadataValue.md(_counts_table(counts)),
-    })
+        "rows_inserted_per_month": _counts_table(counts),
+    }))
 
 
 # BackfillPolicy is marked beta but is the documented way to run a range as one run.
@@ -73,6 +75,7 @@ with warnings.catch_warnings():
         # A backfill over any range of months is one run: order pass over the range, then event pass.
         backfill_policy=BackfillPolicy.single_run(),
         pool="multiplex_backfill",
+        **family_spec(FAMILY, schema.result),
         description="One row per disease per test (§5). Backfilled from legacy orders and events: COVID-19 only, "
                     "SNOMED codes, audit columns copied. Partitions are months of the source row's created_at; "
                     "manual only (launch a backfill from the UI). Inserts only; a rerun is a no-op.",
@@ -84,8 +87,7 @@ with warnings.catch_warnings():
 def every_result_backfilled(context: AssetCheckExecutionContext, postgres: PostgresResource) -> AssetCheckResult:
     with postgres.connect() as conn:
         missing = find_missing_results(conn)
-    table = ["| source | month | missing |", "|---|---|---:|"] + [
-        f"| {source} | {month} | {count:,} |" for source, month, count in missing.by_month]
+    table = records_table(["source", "month", "missing"], missing.by_month)
     return AssetCheckResult(
         passed=missing.total == 0,
         severity=AssetCheckSeverity.ERROR,
@@ -98,7 +100,7 @@ def every_result_backfilled(context: AssetCheckExecutionContext, postgres: Postg
             "events_missing": missing.events,
             "sample_order_ids": MetadataValue.json(missing.sample_order_ids),
             "sample_event_ids": MetadataValue.json(missing.sample_event_ids),
-            "missing_per_month": MetadataValue.md("\n".join(table) if missing.by_month else "none"),
+            "missing_per_month": table,
         },
     )
 

@@ -1,10 +1,9 @@
 """The families' own `pso` commands: explain, stats get, restore-hour, letters, prune.
 
 Each command parses its arguments and either reads through the family's plain functions in `assets/`
-(explain, stats get) or changes data as a Dagster run of the family's job (letters collate, prune:
-`runs.py`); the rules live in `assets/`, not here. restore-hour and archive-contact-list have no job yet:
-they call their functions here and report what they changed as a materialization of their asset. Family modules are imported inside the commands so that
-`pso --help` and the core commands stay fast and keep working while a family module is broken.
+(explain, stats get) or changes data as a Dagster run of the family's job (restore-hour, letters collate,
+letters archive-contact-list, prune: `runs.py`); the rules live in `assets/`, not here. Family modules
+are imported inside the commands so that `pso --help` and the core commands stay fast and keep working while a family module is broken.
 """
 
 from __future__ import annotations
@@ -75,21 +74,29 @@ def parse_hour(value: str) -> datetime:
 
 
 def cmd_restore_hour(args) -> int:
-    from assets.history import restore_hour
-    from resources.postgres import make_engine
+    """A run of the `restore_notification_history_hour` job for the hour's London day, visible in Dagster."""
+    from assets.history import restore_partition
 
-    from orchestration.cli.runs import report_change
-    from orchestration.clock import london_date
+    from orchestration.cli.runs import open_instance, run_job
 
-    settings = cli_settings()
-    with make_engine(settings.database_url).connect() as conn:
-        counts = restore_hour(conn, settings.s3_client(), settings.buckets.archive, args.hour)
-    if counts["inserted"]:
-        report_change("notification_history", "restore-hour", {"hour": f"{args.hour:%Y-%m-%dT%H}", **counts},
-                      partition=london_date(args.hour).isoformat())
-    print(f"restore   hour {args.hour:%Y-%m-%dT%H}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
-          f"{counts['inserted']} inserted into notification_history (the rest were already there)")
-    return 0 if counts["objects"] else 1
+    cli_settings()
+    hour = f"{args.hour:%Y-%m-%dT%H}"
+    instance = open_instance()
+    try:
+        run = run_job(instance, RESTORE_JOB, partition_key=restore_partition(args.hour), command="restore-hour",
+                      run_config={"ops": {"restore_deep_archived_hour": {"config": {"hour": hour}}}})
+    finally:
+        instance.dispose()
+    if not run.success:
+        print(f"pso restore-hour: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
+        return 1
+    counts = run.materializations["notification_history"]
+    print(f"restore   hour {hour}: {counts['objects']} object(s), {counts['rows_read']} rows read, "
+          f"{counts['inserted']} inserted into notification_history (the rest were already there) (run {run.run_id})")
+    return 0
+
+
+RESTORE_JOB = "restore_notification_history_hour"
 
 
 # -- letters: pso letters collate | archive-contact-list ----------------------------------------
@@ -121,18 +128,26 @@ def cmd_letters_collate(args) -> int:
 
 
 def cmd_archive_contact_list(args) -> int:
-    from assets.letters import archive_contact_list
-    from resources.postgres import make_engine
+    """A run of the `archive_contact_list` job (archive the list, delete its CSV), visible in Dagster."""
+    from orchestration.cli.runs import open_instance, run_job
 
-    settings = cli_settings()
-    with make_engine(settings.database_url).connect() as conn:
-        done = archive_contact_list(conn, settings.s3_client(), settings.buckets.contact_lists, uuid.UUID(args.list_id))
-    if done:
-        from orchestration.cli.runs import report_change
-
-        report_change("contact_list_objects", "letters archive-contact-list", {"list_id": args.list_id})
-    print("archived" if done else "no such contact list")
-    return 0 if done else 1
+    try:
+        list_id = str(uuid.UUID(args.list_id))
+    except ValueError:
+        print(f"pso letters archive-contact-list: not a contact list id: {args.list_id!r}")
+        return 2
+    cli_settings()
+    instance = open_instance()
+    try:
+        run = run_job(instance, "archive_contact_list", command="letters archive-contact-list",
+                      run_config={"ops": {"archive_contact_list_and_csv": {"config": {"list_id": list_id}}}})
+    finally:
+        instance.dispose()
+    if not run.success:
+        print(f"pso letters archive-contact-list: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
+        return 1
+    print(f"archived  contact list {list_id}; its CSV deleted (run {run.run_id})")
+    return 0
 
 
 # -- pruning: pso prune REPLICA [--maintenance [--force]] [--grace-hours H] ----------------------

@@ -1,6 +1,5 @@
 """`pso` commands that change data do it as a Dagster run of their job, so the UI shows the run with its
-partition, tags and materializations, like any scheduled one. A command whose change has no job yet
-(restore-hour, archive-contact-list) reports it as a materialization of its asset instead.
+partition, tags and materializations, like any scheduled one.
 
 With a daemon serving the instance (`pso run`, or any deployment sharing its storage), the run is
 submitted to the run queue, where the pools and run limits apply, and the command waits for its end.
@@ -18,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from dagster import AssetMaterialization, DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from orchestration.cli.environment import dagster_env
 from orchestration.settings import PROJECT_ROOT, get_settings
@@ -104,15 +103,3 @@ def _outcome(instance: DagsterInstance, run_id: str, where: str) -> JobRun:
         described = data.user_failure_data.description if data.user_failure_data else None
         outcome.failures.append(described or (data.error.message.strip() if data.error else "step failed"))
     return outcome
-
-
-def report_change(asset_key: str, command: str, metadata: dict, partition: str | None = None) -> None:
-    """What a command without a job changed, recorded on the asset (and partition) it changed, so the asset's
-    page and lineage show it; tagged with the command."""
-    instance = open_instance()
-    try:
-        instance.report_runless_asset_event(AssetMaterialization(
-            asset_key=asset_key, partition=partition, description=f"pso {command}",
-            metadata={**metadata, CLI_TAG: command}))
-    finally:
-        instance.dispose()
