@@ -45,6 +45,13 @@ def _today(context: ScheduleEvaluationContext) -> date:
     return london_date(context.scheduled_execution_time)
 
 
+def _lookback_request(name: str, context: ScheduleEvaluationContext) -> RunRequest:
+    """One run over the London days up to yesterday, NIGHTLY_LOOKBACK_DAYS back (rows past retention)."""
+    today = _today(context)
+    yesterday = today - timedelta(days=1)
+    return _range_request(name, yesterday - timedelta(days=NIGHTLY_LOOKBACK_DAYS), yesterday, today)
+
+
 @schedule(name="ft_notification_status_nightly", job=ft_notification_status_job, cron_schedule="30 0 * * *",
           execution_timezone="UTC", default_status=schedule_status())
 def ft_notification_status_nightly(context: ScheduleEvaluationContext):
@@ -69,17 +76,13 @@ def notification_history_deep_archive_nightly(context: ScheduleEvaluationContext
 @schedule(name="inbound_sms_archive_nightly", job=inbound_sms_archive_job, cron_schedule="40 1 * * *",
           execution_timezone="UTC", default_status=schedule_status())
 def inbound_sms_archive_nightly(context: ScheduleEvaluationContext):
-    today = _today(context)
-    yesterday = today - timedelta(days=1)
-    return _range_request("inbound_sms_archive", yesterday - timedelta(days=NIGHTLY_LOOKBACK_DAYS), yesterday, today)
+    return _lookback_request("inbound_sms_archive", context)
 
 
 @schedule(name="notification_archive_nightly", job=notification_archive_job, cron_schedule="0 3 * * *",
           execution_timezone="UTC", default_status=schedule_status())
 def notification_archive_nightly(context: ScheduleEvaluationContext):
-    today = _today(context)
-    yesterday = today - timedelta(days=1)
-    return _range_request("notification_archive", yesterday - timedelta(days=NIGHTLY_LOOKBACK_DAYS), yesterday, today)
+    return _lookback_request("notification_archive", context)
 
 
 schedules = [ft_notification_status_nightly, notification_history_deep_archive_nightly, inbound_sms_archive_nightly,
