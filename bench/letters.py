@@ -82,6 +82,93 @@ def _collate_once(engine, s3, settings, day, now, count: int) -> dict:
     return {"wall": wall, "client_cpu": client_cpu, "server_cpu": server_cpu, "result": result}
 
 
+def _fake_letters(rng: random.Random, count: int, deadline) -> tuple[list[tuple], list[tuple]]:
+    """Set-up: SERVICES (service, organisation) ids and `count` notification rows of letters awaiting print."""
+    services = [(uuid.UUID(int=rng.getrandbits(128), version=4), uuid.UUID(int=rng.getrandbits(128), version=4))
+                for _ in range(SERVICES)]
+    letters = []
+    for i in range(count):
+        service, _ = services[rng.randrange(SERVICES)]
+        created = deadline - timedelta(seconds=rng.randint(60, 3 * 86400))  # three folders' worth
+        postage = rng.choices(list(L.POSTAGE_CODES), weights=[20, 65, 10, 3, 2])[0]
+        letters.append((uuid.UUID(int=rng.getrandbits(128), version=4), service, uuid.UUID(int=1), 1, "normal",
+                        "letter", "created", created, f"BENCH{i:011d}", rng.randint(1, 4), postage, "x"))
+    return services, letters
+
+
+def _load_letters(db: BenchDatabase, engine, services: list[tuple], letters: list[tuple]) -> None:
+    """Set-up: the services and the notifications in the scratch database."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO services (id, organisation_id) VALUES (:s, :o)"),
+                     [{"s": s, "o": o} for s, o in services])
+    with db.connect() as raw:
+        copy_rows(raw, "notifications", ["id", "service_id", "template_id", "template_version", "key_type",
+                                         "notification_type", "notification_status", "created_at", "reference",
+                                         "billable_units", "postage", "to"], letters)
+        raw.commit()
+        raw.execute("ANALYZE notifications")
+        raw.commit()
+
+
+def _upload_pdfs(s3, settings, rng: random.Random, letters: list[tuple], report: BenchReport) -> None:
+    """Set-up: every letter's PDF in the local S3, PUT_WORKERS at once."""
+    def put(row):
+        bucket, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
+                                     reference=row[8], postage=row[10], created_at=row[7])
+        s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF-1.7\n" + row[0].bytes * rng.randint(40, 120),
+                      ServerSideEncryption="AES256")
+
+    with timed() as t:
+        with cf.ThreadPoolExecutor(PUT_WORKERS) as pool:
+            list(pool.map(put, letters))
+    count = len(letters)
+    report.add("setup: PDFs uploaded", count, "objects", f"{count / t():,.0f}/s")
+
+
+def _measure_per_letter_lookups(s3, settings, rng: random.Random, letters: list[tuple], report: BenchReport) -> None:
+    """Baselines on a sample: upstream's one prefix listing per letter, one at a time; then pooled."""
+    sample = rng.sample(letters, min(BASELINE_SAMPLE, len(letters)))
+    prefixes = [L.pdf_prefix(r[8], r[7]) for r in sample]
+    with timed() as t:
+        hits = sum(_list_prefix(s3, settings.buckets.letters_pdf, p) for p in prefixes)
+    assert hits == len(sample), "baseline lookups must find every PDF"
+    report.add("baseline: sequential per-letter lookups", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
+    with timed() as t:
+        with cf.ThreadPoolExecutor(P.DEFAULT_WORKERS) as pool:
+            list(pool.map(lambda p: _list_prefix(s3, settings.buckets.letters_pdf, p), prefixes))
+    report.add("per-letter lookups through the pool", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
+
+
+def _measure_collation(engine, s3, settings, day, now, count: int, report: BenchReport) -> None:
+    """The collation end to end: wall time, CPU, and its phases."""
+    collation = _collate_once(engine, s3, settings, day, now, count)
+    result, total = collation["result"], collation["wall"]
+    report.add("letters collated", count, "letters")
+    report.add("batches uploaded", len(result.zip_keys), "zips")
+    report.add("S3 listings for the lookups", result.list_calls, "calls")
+    report.add("collation wall time", total, "s", "target < 30 s at scale 1")
+    report.add("collation rate", count / total, "letters/s")
+    # CPU, less sensitive than wall time to other work on the machine (2 cores shared with the S3 server).
+    report.add("collation CPU, this process", collation["client_cpu"], "s",
+               f"{collation['client_cpu'] / count * 1e6:,.0f} µs/letter")
+    if collation["server_cpu"] is not None:
+        report.add("collation CPU, embedded S3 server", collation["server_cpu"], "s",
+                   f"{collation['server_cpu'] / count * 1e6:,.0f} µs/letter")
+    report.add("lookup rate (folder listings, pooled)", count / result.seconds["lookup"], "lookups/s")
+    report.add("fetch + check rate (GET per PDF, pooled)", count / result.seconds["fetch"], "PDFs/s")
+    for phase in ("leftovers", "select", "lookup", "fetch", "plan", "upload"):
+        report.add(f"phase {phase}", result.seconds.get(phase, 0.0), "s")
+
+
+def _delete_bench_buckets(s3, settings) -> None:
+    for bucket in (settings.buckets.letters_pdf, settings.buckets.letter_batches, settings.buckets.invalid_pdf,
+                   settings.buckets.test_letters, settings.buckets.archive, settings.buckets.contact_lists):
+        try:
+            _empty_bucket(s3, bucket)
+        except Exception:  # noqa: BLE001 — cleanup is best effort; the figures are already taken
+            pass
+
+
 def run(db: BenchDatabase, scale: float) -> BenchReport:
     report = BenchReport("letters", scale)
     count = max(1_000, int(LETTERS_AT_SCALE_1 * scale))
@@ -93,75 +180,15 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     deadline = letter_deadline(now)
     day = print_date(now)
     try:
-        services = [(uuid.UUID(int=rng.getrandbits(128), version=4), uuid.UUID(int=rng.getrandbits(128), version=4))
-                    for _ in range(SERVICES)]
-        letters = []
-        for i in range(count):
-            service, _ = services[rng.randrange(SERVICES)]
-            created = deadline - timedelta(seconds=rng.randint(60, 3 * 86400))  # three folders' worth
-            postage = rng.choices(list(L.POSTAGE_CODES), weights=[20, 65, 10, 3, 2])[0]
-            letters.append((uuid.UUID(int=rng.getrandbits(128), version=4), service, uuid.UUID(int=1), 1, "normal",
-                            "letter", "created", created, f"BENCH{i:011d}", rng.randint(1, 4), postage, "x"))
+        services, letters = _fake_letters(rng, count, deadline)
         engine = db.engine()
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO services (id, organisation_id) VALUES (:s, :o)"),
-                         [{"s": s, "o": o} for s, o in services])
-        with db.connect() as raw:
-            copy_rows(raw, "notifications", ["id", "service_id", "template_id", "template_version", "key_type",
-                                             "notification_type", "notification_status", "created_at", "reference",
-                                             "billable_units", "postage", "to"], letters)
-            raw.commit()
-            raw.execute("ANALYZE notifications")
-            raw.commit()
-
-        def put(row):
-            bucket, key = L.pdf_location(settings.buckets, notification_status="created", key_type="normal",
-                                         reference=row[8], postage=row[10], created_at=row[7])
-            s3.put_object(Bucket=bucket, Key=key, Body=b"%PDF-1.7\n" + row[0].bytes * rng.randint(40, 120),
-                          ServerSideEncryption="AES256")
-
-        with timed() as t:
-            with cf.ThreadPoolExecutor(PUT_WORKERS) as pool:
-                list(pool.map(put, letters))
-        report.add("setup: PDFs uploaded", count, "objects", f"{count / t():,.0f}/s")
-
-        # Baselines on a sample: upstream's one prefix listing per letter, one at a time; then pooled.
-        sample = rng.sample(letters, min(BASELINE_SAMPLE, count))
-        prefixes = [L.pdf_prefix(r[8], r[7]) for r in sample]
-        with timed() as t:
-            hits = sum(_list_prefix(s3, settings.buckets.letters_pdf, p) for p in prefixes)
-        assert hits == len(sample), "baseline lookups must find every PDF"
-        report.add("baseline: sequential per-letter lookups", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
-        with timed() as t:
-            with cf.ThreadPoolExecutor(P.DEFAULT_WORKERS) as pool:
-                list(pool.map(lambda p: _list_prefix(s3, settings.buckets.letters_pdf, p), prefixes))
-        report.add("per-letter lookups through the pool", len(sample) / t(), "lookups/s", f"sample {len(sample)}")
-
-        run = _collate_once(engine, s3, settings, day, now, count)
-        result, total = run["result"], run["wall"]
-        report.add("letters collated", count, "letters")
-        report.add("batches uploaded", len(result.zip_keys), "zips")
-        report.add("S3 listings for the lookups", result.list_calls, "calls")
-        report.add("collation wall time", total, "s", "target < 30 s at scale 1")
-        report.add("collation rate", count / total, "letters/s")
-        # CPU, less sensitive than wall time to other work on the machine (2 cores shared with the S3 server).
-        report.add("collation CPU, this process", run["client_cpu"], "s",
-                   f"{run['client_cpu'] / count * 1e6:,.0f} µs/letter")
-        if run["server_cpu"] is not None:
-            report.add("collation CPU, embedded S3 server", run["server_cpu"], "s",
-                       f"{run['server_cpu'] / count * 1e6:,.0f} µs/letter")
-        report.add("lookup rate (folder listings, pooled)", count / result.seconds["lookup"], "lookups/s")
-        report.add("fetch + check rate (GET per PDF, pooled)", count / result.seconds["fetch"], "PDFs/s")
-        for phase in ("leftovers", "select", "lookup", "fetch", "plan", "upload"):
-            report.add(f"phase {phase}", result.seconds.get(phase, 0.0), "s")
+        _load_letters(db, engine, services, letters)
+        _upload_pdfs(s3, settings, rng, letters, report)
+        _measure_per_letter_lookups(s3, settings, rng, letters, report)
+        _measure_collation(engine, s3, settings, day, now, count, report)
         report.ratio("lookups/s vs sequential per-letter baseline", "lookup rate (folder listings, pooled)",
                      "baseline: sequential per-letter lookups", "≥ 10×")
         engine.dispose()
     finally:
-        for bucket in (settings.buckets.letters_pdf, settings.buckets.letter_batches, settings.buckets.invalid_pdf,
-                       settings.buckets.test_letters, settings.buckets.archive, settings.buckets.contact_lists):
-            try:
-                _empty_bucket(s3, bucket)
-            except Exception:  # noqa: BLE001 — cleanup is best effort; the figures are already taken
-                pass
+        _delete_bench_buckets(s3, settings)
     return report

@@ -126,11 +126,8 @@ def _checkpoint(conn: sa.Connection) -> None:
     conn.commit()
 
 
-def run(db: BenchDatabase, scale: float) -> BenchReport:
-    report = BenchReport("results_backfill", scale)
-    orders = max(10_000, int(ORDERS_AT_SCALE_1 * scale))
-    sample = max(2_000, min(20_000, orders // 100))
-    engine = db.engine()
+def _build_orders(engine, orders: int) -> tuple[float, int]:
+    """Set-up: `orders` test orders and their events, built in SQL; the seconds it took and the events."""
     with engine.connect() as conn:
         with timed() as t:
             for statement in BUILD:
@@ -140,63 +137,86 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
             conn.commit()
         build_seconds = t()
         events = conn.execute(sa.text("SELECT count(*) FROM test_event")).scalar_one()
+    return build_seconds, events
 
-    # Baseline on a sample of orders with a result, one INSERT per row, commit per 10,000.
+
+def _time_row_at_a_time(conn, rows: list) -> float:
+    """One INSERT per row, commit per 10,000: the seconds it took."""
+    with timed() as t:
+        with conn.cursor() as cur:
+            for n, (order_id, event_id, result, created_at, created_by, updated_at, updated_by) in enumerate(
+                    rows, 1):
+                cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
+                                            COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
+                if n % 10_000 == 0:
+                    conn.commit()
+        conn.commit()
+    return t()
+
+
+def _time_row_at_a_time_commit_per_row(conn, rows: list) -> float:
+    """The same loop committing every row (an ORM-style save per row); synchronous_commit is off here."""
+    with timed() as t:
+        with conn.cursor() as cur:
+            for order_id, event_id, result, created_at, created_by, updated_at, updated_by in rows:
+                cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
+                                            COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
+                conn.commit()
+    return t()
+
+
+def _measure_row_at_a_time(db: BenchDatabase, sample: int) -> tuple[int, int, float, float]:
+    """Baseline on a sample of orders with a result: the sample's size, the rows the first loop inserted, and
+    the seconds of each loop. Its rows are deleted after each, so the measured backfill starts from nothing."""
     with db.connect() as conn:
         rows = conn.execute(
             "SELECT internal_id, test_event_id, result, created_at, created_by, updated_at, updated_by "
             "FROM test_order WHERE result IS NOT NULL ORDER BY internal_id LIMIT %s", (sample,)).fetchall()
-        with timed() as t:
-            with conn.cursor() as cur:
-                for n, (order_id, event_id, result, created_at, created_by, updated_at, updated_by) in enumerate(
-                        rows, 1):
-                    cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
-                                                COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
-                    if n % 10_000 == 0:
-                        conn.commit()
-            conn.commit()
-        baseline_seconds = t()
+        baseline_seconds = _time_row_at_a_time(conn, rows)
         baseline_rows = conn.execute("SELECT count(*) FROM result").fetchone()[0]
         conn.execute("DELETE FROM result")  # scratch database: the measured backfill starts from nothing
         conn.commit()
-        # The same loop committing every row (an ORM-style save per row); synchronous_commit is off here.
-        with timed() as t:
-            with conn.cursor() as cur:
-                for order_id, event_id, result, created_at, created_by, updated_at, updated_by in rows:
-                    cur.execute(ROW_AT_A_TIME, (created_at, created_by, updated_at, updated_by, event_id, order_id,
-                                                COVID19_DISEASE_ID, SNOMED_BY_TEST_RESULT[result], result, order_id))
-                    conn.commit()
-        per_row_commit_seconds = t()
+        per_row_commit_seconds = _time_row_at_a_time_commit_per_row(conn, rows)
         conn.execute("DELETE FROM result")
         conn.commit()
+    return len(rows), baseline_rows, baseline_seconds, per_row_commit_seconds
 
-    with engine.connect() as conn:
-        # Two range runs, as from the UI: the first FLOOR_MONTHS months (the floor's rows, like for like),
-        # then the rest. Each timed phase starts after a CHECKPOINT, so none pays for another's dirty pages
-        # and a checkpoint that falls inside a short phase does not decide its figure.
-        _checkpoint(conn)
-        with timed() as t:
-            first = backfill_results(conn, START, FLOOR_END)
-            rest = backfill_results(conn, FLOOR_END, END)
-        backfill_seconds = t()
-        counts = BackfillCounts()
-        for range_counts in (first, rest):
-            counts.add(range_counts)
-        with timed() as t:
-            rerun = backfill_results(conn, START, END)
-        rerun_seconds = t()
-        # After the backfill, so its FK row locks on the sources do not change what the backfill meets.
-        _checkpoint(conn)
-        floor_rows, floor_seconds = _floor(conn, "result_floor_fk")
-        _checkpoint(conn)
-        floor_no_fk_rows, floor_no_fk_seconds = _floor(conn, "result_floor_no_fk")
-    engine.dispose()
-    assert rerun.inserted == 0, "a rerun must be a no-op"
-    assert baseline_rows == len(rows)
 
-    report.add("test orders", orders, "rows")
-    report.add("test events", events, "rows")
-    report.add("data build (SQL)", build_seconds, "s")
+def _measure_backfill(conn: sa.Connection) -> tuple[BackfillCounts, BackfillCounts, float]:
+    """Two range runs, as from the UI: the first FLOOR_MONTHS months (the floor's rows, like for like), then
+    the rest. The first range's counts, both ranges' counts and the seconds of both."""
+    # Each timed phase starts after a CHECKPOINT, so none pays for another's dirty pages and a checkpoint
+    # that falls inside a short phase does not decide its figure.
+    _checkpoint(conn)
+    with timed() as t:
+        first = backfill_results(conn, START, FLOOR_END)
+        rest = backfill_results(conn, FLOOR_END, END)
+    backfill_seconds = t()
+    counts = BackfillCounts()
+    for range_counts in (first, rest):
+        counts.add(range_counts)
+    return first, counts, backfill_seconds
+
+
+def _measure_rerun(conn: sa.Connection) -> tuple[BackfillCounts, float]:
+    """The backfill over every month again (must insert nothing)."""
+    with timed() as t:
+        rerun = backfill_results(conn, START, END)
+    return rerun, t()
+
+
+def _measure_floors(conn: sa.Connection) -> tuple[int, float, int, float]:
+    """The floor with foreign keys, then without: rows and seconds of each."""
+    # After the backfill, so its FK row locks on the sources do not change what the backfill meets.
+    _checkpoint(conn)
+    floor_rows, floor_seconds = _floor(conn, "result_floor_fk")
+    _checkpoint(conn)
+    floor_no_fk_rows, floor_no_fk_seconds = _floor(conn, "result_floor_no_fk")
+    return floor_rows, floor_seconds, floor_no_fk_rows, floor_no_fk_seconds
+
+
+def _report_backfill(report: BenchReport, counts: BackfillCounts, backfill_seconds: float,
+                     first: BackfillCounts) -> None:
     report.add("backfill: result rows inserted", counts.inserted, "rows",
                f"order pass {counts.order_rows:,}, event pass {counts.event_rows:,}")
     report.add("backfill: source rows scanned", counts.scanned, "rows", f"{counts.batches:,} batches of ≤ 10,000")
@@ -210,14 +230,24 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                f"{first.order_rows:,} rows")
     report.add(f"backfill, first {FLOOR_MONTHS} months: order pass rate", first.order_rows / first.order_pass_seconds,
                "rows/s")
+
+
+def _report_floors(report: BenchReport, floor_rows: int, floor_seconds: float, floor_no_fk_rows: int,
+                   floor_no_fk_seconds: float) -> None:
     report.add("floor sample: one INSERT … SELECT", floor_rows, "rows",
                f"order-pass rows of the first {FLOOR_MONTHS} months")
     report.add("floor rate (indexes + FKs)", floor_rows / floor_seconds, "rows/s")
     report.add("floor rate (indexes, no FKs)", floor_no_fk_rows / floor_no_fk_seconds, "rows/s")
-    report.add("rerun (no-op): wall time", rerun_seconds, "s")
+
+
+def _report_row_at_a_time(report: BenchReport, baseline_rows: int, baseline_seconds: float,
+                          per_row_commit_seconds: float) -> None:
     report.add("row-at-a-time sample", baseline_rows, "rows")
     report.add("row-at-a-time rate (baseline)", baseline_rows / baseline_seconds, "rows/s")
     report.add("row-at-a-time, commit per row: rate", baseline_rows / per_row_commit_seconds, "rows/s")
+
+
+def _compare_backfill_with_floor_and_baseline(report: BenchReport) -> None:
     report.ratio(f"backfill order pass, first {FLOOR_MONTHS} months vs floor of the same rows",
                  f"backfill, first {FLOOR_MONTHS} months: order pass rate", "floor rate (indexes + FKs)",
                  "like for like: same rows, into an empty table")
@@ -231,4 +261,29 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                  "≥ 100×")
     report.ratio("set-based backfill vs row-at-a-time with a commit per row", "backfill rate",
                  "row-at-a-time, commit per row: rate", "≥ 100×")
+
+
+def run(db: BenchDatabase, scale: float) -> BenchReport:
+    report = BenchReport("results_backfill", scale)
+    orders = max(10_000, int(ORDERS_AT_SCALE_1 * scale))
+    sample = max(2_000, min(20_000, orders // 100))
+    engine = db.engine()
+    build_seconds, events = _build_orders(engine, orders)
+    sampled, baseline_rows, baseline_seconds, per_row_commit_seconds = _measure_row_at_a_time(db, sample)
+    with engine.connect() as conn:
+        first, counts, backfill_seconds = _measure_backfill(conn)
+        rerun, rerun_seconds = _measure_rerun(conn)
+        floors = _measure_floors(conn)
+    engine.dispose()
+    assert rerun.inserted == 0, "a rerun must be a no-op"
+    assert baseline_rows == sampled
+
+    report.add("test orders", orders, "rows")
+    report.add("test events", events, "rows")
+    report.add("data build (SQL)", build_seconds, "s")
+    _report_backfill(report, counts, backfill_seconds, first)
+    _report_floors(report, *floors)
+    report.add("rerun (no-op): wall time", rerun_seconds, "s")
+    _report_row_at_a_time(report, baseline_rows, baseline_seconds, per_row_commit_seconds)
+    _compare_backfill_with_floor_and_baseline(report)
     return report

@@ -165,12 +165,8 @@ def python_refresh(conn, patient_ids: list[int], programmes: dict[str, int], tod
     return rows
 
 
-def run(db: BenchDatabase, scale: float) -> BenchReport:
-    report = BenchReport("statuses_refresh", scale)
-    now = now_utc()
-    today = london_today(now)
-    seed_all(db.url, scale=scale, now=now, families=["orchestration.synthetic.statuses"], echo=lambda *_: None)
-    engine = db.engine()
+def _patient_population(engine, today: date, report: BenchReport) -> dict[str, int]:
+    """Set-up figures: the patients, those in the flu programme, the refresh's workers; the programmes' ids."""
     with engine.connect() as conn:
         programmes = programme_ids_by_type(conn)
         patients = conn.execute(sa.text("SELECT count(*) FROM patients")).scalar_one()
@@ -182,16 +178,23 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
 
     workers = get_settings().status_refresh_workers
     report.add("batches refreshed at once (PSO_STATUS_REFRESH_WORKERS)", workers, "workers")
-    # The same flu refreshes one batch at a time first (the cache is emptied again afterwards).
-    flu = {"flu": programmes["flu"]}
+    return programmes
+
+
+def _measure_flu_one_batch_at_a_time(engine, today: date, flu: dict[str, int], report: BenchReport) -> None:
+    """The flu refreshes one batch at a time, empty cache then no change (the cache is emptied again afterwards)."""
     with timed() as t:
         _refresh_all(engine, StatusScope(all=True), today, flu, workers=1)
     report.add("one batch at a time: full refresh, flu partition (empty cache)", t(), "s")
     with timed() as t:
         _refresh_all(engine, StatusScope(all=True), today, flu, workers=1)
     report.add("one batch at a time: no-change refresh, flu partition", t(), "s")
-    # The parallel empty-cache refresh, EMPTY_CACHE_RUNS times from an emptied cache: its median is the
-    # figure (one run on a shared 2-core machine varies by ±15%); the fastest and slowest are reported too.
+
+
+def _measure_flu_empty_cache(engine, today: date, flu: dict[str, int], report: BenchReport) -> int:
+    """The parallel empty-cache flu refresh; returns the rows its (last) run wrote."""
+    # EMPTY_CACHE_RUNS times from an emptied cache: its median is the figure (one run on a shared 2-core
+    # machine varies by ±15%); the fastest and slowest are reported too.
     flu_runs = []
     for _ in range(EMPTY_CACHE_RUNS):
         with engine.begin() as conn:
@@ -207,6 +210,12 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.ratio("flu empty cache: parallel batches vs one at a time",
                  "one batch at a time: full refresh, flu partition (empty cache)",
                  "full refresh, flu partition (empty cache)", "")
+    return flu_written
+
+
+def _measure_other_programmes_empty_cache(engine, today: date, programmes: dict[str, int],
+                                          report: BenchReport) -> None:
+    """The other programmes from an empty cache; with the flu figure, the full refresh of every programme."""
     with timed() as t:
         rest_written, _ = _refresh_all(engine, StatusScope(all=True), today,
                                        {k: v for k, v in programmes.items() if k != "flu"})
@@ -218,18 +227,23 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.add("full refresh, every programme (empty cache)", full_seconds, "s")
     report.add("full refresh rate", total / full_seconds, "rows/s")
 
+
+def _measure_no_change_refreshes(engine, today: date, programmes: dict[str, int], report: BenchReport) -> None:
+    """A no-change refresh of every programme (must write 0 rows), then of the flu partition."""
     with timed() as t:
         written, recomputed = _refresh_all(engine, StatusScope(all=True), today)
     report.add("no-change full refresh", t(), "s")
     report.add("no-change full refresh: rows written", written, "rows")
     report.add("no-change full refresh rate (recomputed)", recomputed / t(), "rows/s")
     with timed() as t:
-        flu_only, _ = _refresh_all(engine, StatusScope(all=True), today, {"flu": programmes["flu"]})
+        _refresh_all(engine, StatusScope(all=True), today, {"flu": programmes["flu"]})
     report.add("no-change refresh, flu partition", t(), "s")
     report.ratio("flu no change: parallel batches vs one at a time", "one batch at a time: no-change refresh, flu partition",
                  "no-change refresh, flu partition", "")
 
-    # A nightly refresh after a day's work: 1% of the flu patients got a new consent.
+
+def _measure_nightly_flu_refresh(engine, today: date, programmes: dict[str, int], report: BenchReport) -> None:
+    """A nightly refresh after a day's work: 1% of the flu patients got a new consent."""
     with engine.begin() as conn:
         touched = conn.execute(sa.text("""
             INSERT INTO consents (patient_id, programme_id, response, route, submitted_at, created_at)
@@ -241,6 +255,9 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.add("nightly refresh, flu partition, 1% of patients changed", t(), "s",
                f"{touched:,} new consents, {nightly_written:,} rows written")
 
+
+def _measure_patient_refreshes(engine, today: date, report: BenchReport) -> list[int]:
+    """Refresh of 1 patient and of 1,000 patients (every programme); returns every patient id, in order."""
     with engine.connect() as conn:
         sample = conn.execute(sa.text("SELECT id FROM patients ORDER BY id")).scalars().all()
     one = [sample[len(sample) // 2]]
@@ -251,25 +268,35 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     with timed() as t:
         _refresh_all(engine, StatusScope(patient_ids=tuple(thousand)), today)
     report.add("refresh of 1,000 patients (every programme)", t(), "s")
+    return sample
 
-    # Baseline (a), on a sample; its answers must equal the SQL's.
+
+def _patient_level_statuses(conn, patient_ids: list[int]) -> dict[tuple[str, int, int], int]:
+    """The statuses of the three patient-level tables for `patient_ids`."""
+    return {(t_, r.patient_id, r.programme_id): r.status for t_ in STATUS_TABLES[:3]
+            for r in conn.execute(sa.text(f"SELECT patient_id, programme_id, status FROM {t_} "
+                                          "WHERE patient_id = ANY(:ids)"), {"ids": patient_ids})}
+
+
+def _measure_python_baseline(engine, today: date, programmes: dict[str, int], sample: list[int],
+                             report: BenchReport) -> None:
+    """Baseline (a), on a sample; its answers must equal the SQL's."""
     py_sample = sample[::max(1, len(sample) // 300)][:300]
     with engine.connect() as conn:
-        before = {(t_, r.patient_id, r.programme_id): r.status for t_ in STATUS_TABLES[:3]
-                  for r in conn.execute(sa.text(f"SELECT patient_id, programme_id, status FROM {t_} "
-                                                "WHERE patient_id = ANY(:ids)"), {"ids": py_sample})}
+        before = _patient_level_statuses(conn, py_sample)
         conn.commit()
         with timed() as t:
             py_rows = python_refresh(conn, py_sample, programmes, today)
         py_seconds = t()
-        after = {(t_, r.patient_id, r.programme_id): r.status for t_ in STATUS_TABLES[:3]
-                 for r in conn.execute(sa.text(f"SELECT patient_id, programme_id, status FROM {t_} "
-                                               "WHERE patient_id = ANY(:ids)"), {"ids": py_sample})}
+        after = _patient_level_statuses(conn, py_sample)
     disagreements = sum(1 for k in before if before[k] != after.get(k))
     report.add("baseline (a) per-patient Python refresh, sample rows", py_rows, "rows")
     report.add("baseline (a) per-patient Python refresh rate", py_rows / py_seconds, "rows/s")
     report.add("baseline (a) rows where Python and SQL disagree", disagreements, "rows")
-    # Per-row comparison on the same three patient-level tables: a no-change SQL refresh recomputes them too.
+
+
+def _compare_sql_with_python(flu_written: int, report: BenchReport) -> None:
+    """Per-row comparison on the same three patient-level tables: a no-change SQL refresh recomputes them too."""
     report.ratio("SQL (no-change full) vs Python per row", "no-change full refresh rate (recomputed)",
                  "baseline (a) per-patient Python refresh rate", "≥ 50×")
     report.ratio("SQL (empty-cache full) vs Python per row", "full refresh rate",
@@ -279,23 +306,28 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
     report.ratio("SQL (empty-cache flu, one batch at a time) vs Python per row",
                  "one batch at a time: flu empty-cache rate", "baseline (a) per-patient Python refresh rate", "")
 
-    # Baseline (b), the floor: a bare INSERT … SELECT of the same rows into tables of the same shape as
-    # the status tables — unique keys, indexes and the status tables' own foreign keys (read from the
-    # catalog; checked per inserted row, as they are for the refresh), one statement per table on one
-    # connection. (b0) is the same without the foreign keys, to show their share; (b-flu) is (b) for just
-    # the rows the flu refresh wrote from an empty cache, the floor of that figure, and (b-flu ×2) the same
-    # rows split over two connections at once, as the refresh's two workers split them.
-    keys = {"patient_session_registration_statuses": "patient_session_id",
-            "patient_session_session_statuses": "patient_session_id, programme_id"}
-    flu_rows = {"patient_session_registration_statuses":
-                # a flu partition's registration rows: patient_sessions with flu among their programmes
-                "WHERE patient_session_id IN (SELECT patient_session_id FROM patient_session_session_statuses "
-                "WHERE programme_id = :flu)"}
-    # prefix: (with foreign keys, flu rows only, connections at once)
-    floors = {"floor_fk": (True, False, 1), "floor_nofk": (False, False, 1), "floor_flu": (True, True, 1),
-              "floor_flu2": (True, True, 2)}
+
+# Baseline (b), the floor: a bare INSERT … SELECT of the same rows into tables of the same shape as
+# the status tables — unique keys, indexes and the status tables' own foreign keys (read from the
+# catalog; checked per inserted row, as they are for the refresh), one statement per table on one
+# connection. (b0) is the same without the foreign keys, to show their share; (b-flu) is (b) for just
+# the rows the flu refresh wrote from an empty cache, the floor of that figure, and (b-flu ×2) the same
+# rows split over two connections at once, as the refresh's two workers split them.
+FLOOR_KEYS = {"patient_session_registration_statuses": "patient_session_id",
+              "patient_session_session_statuses": "patient_session_id, programme_id"}
+FLOOR_FLU_ROWS = {"patient_session_registration_statuses":
+                  # a flu partition's registration rows: patient_sessions with flu among their programmes
+                  "WHERE patient_session_id IN (SELECT patient_session_id FROM patient_session_session_statuses "
+                  "WHERE programme_id = :flu)"}
+# prefix: (with foreign keys, flu rows only, connections at once)
+FLOORS = {"floor_fk": (True, False, 1), "floor_nofk": (False, False, 1), "floor_flu": (True, True, 1),
+          "floor_flu2": (True, True, 2)}
+
+
+def _create_floor_tables(engine) -> None:
+    """Copies of the status tables for every floor, with the status tables' foreign keys where it has them."""
     with engine.begin() as conn:
-        for prefix, (with_fks, _, _) in floors.items():
+        for prefix, (with_fks, _, _) in FLOORS.items():
             for table in STATUS_TABLES:
                 conn.execute(sa.text(f"CREATE TABLE {prefix}_{table} (LIKE {table} INCLUDING ALL)"))
                 foreign_keys = conn.execute(sa.text(
@@ -304,26 +336,37 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                 for definition in foreign_keys:
                     conn.execute(sa.text(f"ALTER TABLE {prefix}_{table} ADD {definition}"))
 
-    def insert_floor(prefix: str, flu_only: bool, connections: int, part: int) -> int:
-        """One connection's bare INSERT … SELECTs into the `prefix` copies: the rows whose first key column
-        is `part` modulo `connections`."""
-        rows = 0
-        with engine.begin() as conn:
-            for table in STATUS_TABLES:
-                cols = keys.get(table, "patient_id, programme_id")
-                where = flu_rows.get(table, "WHERE programme_id = :flu") if flu_only else "WHERE true"
-                rows += conn.execute(sa.text(
-                    f"INSERT INTO {prefix}_{table} ({cols}, status) SELECT {cols}, status FROM {table} {where} "
-                    f"AND {cols.split(',')[0]} % :connections = :part"),
-                    {"flu": programmes["flu"], "connections": connections, "part": part}).rowcount
-        return rows
 
+def _insert_floor(engine, flu_id: int, prefix: str, flu_only: bool, connections: int, part: int) -> int:
+    """One connection's bare INSERT … SELECTs into the `prefix` copies: the rows whose first key column
+    is `part` modulo `connections`."""
+    rows = 0
+    with engine.begin() as conn:
+        for table in STATUS_TABLES:
+            cols = FLOOR_KEYS.get(table, "patient_id, programme_id")
+            where = FLOOR_FLU_ROWS.get(table, "WHERE programme_id = :flu") if flu_only else "WHERE true"
+            rows += conn.execute(sa.text(
+                f"INSERT INTO {prefix}_{table} ({cols}, status) SELECT {cols}, status FROM {table} {where} "
+                f"AND {cols.split(',')[0]} % :connections = :part"),
+                {"flu": flu_id, "connections": connections, "part": part}).rowcount
+    return rows
+
+
+def _time_floors(engine, flu_id: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds and rows of every floor's inserts, its connections at once."""
     seconds, inserted = {}, {}
-    for prefix, (_, flu_only, connections) in floors.items():
+    for prefix, (_, flu_only, connections) in FLOORS.items():
         with timed() as t, ThreadPoolExecutor(connections) as pool:
-            inserted[prefix] = sum(pool.map(lambda part: insert_floor(prefix, flu_only, connections, part),
-                                            range(connections)))
+            inserted[prefix] = sum(pool.map(
+                lambda part: _insert_floor(engine, flu_id, prefix, flu_only, connections, part), range(connections)))
         seconds[prefix] = t()
+    return seconds, inserted
+
+
+def _measure_floors(engine, programmes: dict[str, int], flu_written: int, report: BenchReport) -> None:
+    """Baselines (b), (b0), (b-flu) and (b-flu ×2)."""
+    _create_floor_tables(engine)
+    seconds, inserted = _time_floors(engine, programmes["flu"])
     assert inserted["floor_flu"] == inserted["floor_flu2"] == flu_written, "the flu floors must be the refresh's rows"
     report.add("baseline (b) floor: bare INSERT … SELECT, same rows, same keys and foreign keys",
                seconds["floor_fk"], "s", f"{inserted['floor_fk']:,} rows")
@@ -333,6 +376,10 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                "s", f"{inserted['floor_flu']:,} rows, as the refresh wrote")
     report.add("baseline (b-flu ×2) the same, split over two connections at once", seconds["floor_flu2"], "s",
                f"{inserted['floor_flu2']:,} rows")
+
+
+def _compare_with_floors(report: BenchReport) -> None:
+    """The refreshes against their floors."""
     report.ratio("full refresh (empty cache) vs floor (b)", "full refresh, every programme (empty cache)",
                  "baseline (b) floor: bare INSERT … SELECT, same rows, same keys and foreign keys", "≤ 3×")
     report.ratio("full refresh (empty cache) vs (b0), no foreign keys", "full refresh, every programme (empty cache)",
@@ -342,5 +389,25 @@ def run(db: BenchDatabase, scale: float) -> BenchReport:
                  "< 2 s asks for 2 s / (b-flu)")
     report.ratio("flu empty cache vs (b-flu ×2)", "full refresh, flu partition (empty cache)",
                  "baseline (b-flu ×2) the same, split over two connections at once", "")
+
+
+def run(db: BenchDatabase, scale: float) -> BenchReport:
+    report = BenchReport("statuses_refresh", scale)
+    now = now_utc()
+    today = london_today(now)
+    seed_all(db.url, scale=scale, now=now, families=["orchestration.synthetic.statuses"], echo=lambda *_: None)
+    engine = db.engine()
+    programmes = _patient_population(engine, today, report)
+    flu = {"flu": programmes["flu"]}
+    _measure_flu_one_batch_at_a_time(engine, today, flu, report)
+    flu_written = _measure_flu_empty_cache(engine, today, flu, report)
+    _measure_other_programmes_empty_cache(engine, today, programmes, report)
+    _measure_no_change_refreshes(engine, today, programmes, report)
+    _measure_nightly_flu_refresh(engine, today, programmes, report)
+    sample = _measure_patient_refreshes(engine, today, report)
+    _measure_python_baseline(engine, today, programmes, sample, report)
+    _compare_sql_with_python(flu_written, report)
+    _measure_floors(engine, programmes, flu_written, report)
+    _compare_with_floors(report)
     engine.dispose()
     return report
