@@ -32,3 +32,19 @@ def test_no_private_name_is_imported_from_another_module():
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}"
                               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert offenders == []
+
+
+def test_no_module_or_function_is_too_long_to_read():
+    """No production module over 600 lines (migrations and the data generators aside) and no function over
+    80: a newcomer reads one idea at a time."""
+    long_modules, long_functions = [], []
+    for path in production_files():
+        if "migrations" in path.parts or "synthetic" in path.parts:
+            continue
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            long_modules.append(str(path.relative_to(ROOT)))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long_modules == [] and long_functions == []
