@@ -44,7 +44,8 @@ def pandas_dialysis(conn: sa.Connection, unit: str, window: cs.Window) -> dict:
     b["alive"] = b["deathtime"].isna() | (b["deathtime"] >= end)
     b["ongoing"] = b["totime"].isna() | (b["totime"] >= end)
     patients = b.groupby("ukrdcid").agg(starts=("starts", "any"), alive=("alive", "all"), ongoing=("ongoing", "any"))
-    ordered = b.assign(to_key=b["totime"].fillna(pd.Timestamp.max)).sort_values(["ukrdcid", "fromtime", "to_key", "id"])
+    # An open treatment (no totime) sorts after every closed one: NaT last.
+    ordered = b.sort_values(["ukrdcid", "fromtime", "totime", "id"], na_position="last")
     latest = ordered.groupby("ukrdcid").tail(1).set_index("ukrdcid")
     ids = list(patients.index)
     history = pd.read_sql(sa.text("""
