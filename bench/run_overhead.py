@@ -277,7 +277,8 @@ def run(db: BenchDatabase | None, scale: float) -> BenchReport:
     report = BenchReport("run_overhead", scale)
     with LiveStack(scale) as stack:
         selector = _repository(stack)
-        keys = _wait_for_partitions(stack, selector, ["facility_stats_dialysis", "replica_sync_group_prune"])
+        keys = _wait_for_partitions(stack, selector, ["patient_consent_statuses", "facility_stats_dialysis",
+                                                      "replica_sync_group_prune"])
         stack.wait_until_idle()  # the first refreshes and registry fills
         # Chosen before any run changes the data (the archive moves the day it picks).
         partitions = {case.job: case.pick(stack, keys.get(case.asset, [])) for case in CASES}
