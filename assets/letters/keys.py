@@ -12,7 +12,7 @@ from typing import Iterable
 from botocore.exceptions import ClientError
 
 from orchestration.clock import as_utc, letter_pdf_folder
-from resources.s3 import S3Buckets
+from resources.s3 import S3Buckets, is_missing_object
 
 POSTAGE_CODES = {"first": "1", "second": "2", "economy": "ECONOMY", "europe": "E", "rest-of-world": "N"}
 # A reference forms a key only from the characters AWS calls safe in object key names (letters, digits
@@ -22,7 +22,6 @@ MAX_KEY_BYTES = 1024
 # The longest PDF key around its reference: `YYYY-MM-DD/NOTIFY.` + `.D.ECONOMY.C.YYYYmmddHHMMSS.PDF`.
 MAX_REFERENCE_LENGTH = MAX_KEY_BYTES - len("2026-01-01/NOTIFY..D.ECONOMY.C.20260101000000.PDF")
 PDF_SUFFIX = ".pdf"
-MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 def pdf_file_name(reference: str, postage: str, created_at: datetime) -> str:
@@ -83,17 +82,12 @@ def contact_list_key(service_id: uuid.UUID, list_id: uuid.UUID) -> str:
     return f"service-{service_id}/{list_id}.csv"
 
 
-def is_missing(error: ClientError) -> bool:
-    """S3 answered "no such object" (as opposed to refusing or failing)."""
-    return error.response.get("Error", {}).get("Code") in MISSING_CODES
-
-
 def object_exists(s3, bucket: str, key: str) -> bool:
     """HEAD the object: True if there, False if S3 says it is not; any other refusal raises."""
     try:
         s3.head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as error:
-        if is_missing(error):
+        if is_missing_object(error):
             return False
         raise
