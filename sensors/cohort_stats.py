@@ -139,9 +139,10 @@ def renal_units_registry(context: SensorEvaluationContext, postgres: PostgresRes
     with postgres.connect() as conn:
         with conn.begin():
             settings = read_stats_settings(conn)
-            eligible, missing_facility = eligible_units(conn, settings)
+            unit_counts = ukrdc_record_counts(conn)  # read once: eligibility and the source's data version
+            eligible, missing_facility = eligible_units(conn, settings, unit_counts)
         expired, missing, _ = expired_aot_entries(conn, now, grace=REFRESH_GRACE)
-        counts = record_counts_observation(ukrdc_record_counts(conn))
+        counts = record_counts_observation(unit_counts)
     # Only a change of the counts is recorded: an idle tick adds nothing to the event log.
     observations = [] if counts.tags[DATA_VERSION_TAG] == last_observed_version(context.instance, RECORDS) else [counts]
     if missing_facility:

@@ -35,6 +35,25 @@ def instance():
     yield inst
 
 
+def module_database_engine(pg_admin_url: str, template_database: str, name: str) -> sa.Engine:
+    """An engine on a database of its own, cloned from the migrated template (for module-scoped worlds
+    that build every case once)."""
+    import psycopg
+
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    url = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    return sa.create_engine(url, connect_args={"prepare_threshold": None})
+
+
+def drop_module_database(pg_admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def sensor_context(database_url: str, instance, cursor: str | None = None):
     return build_sensor_context(instance=instance, cursor=cursor,
                                 resources={"postgres": PostgresResource(database_url=database_url)})

@@ -13,16 +13,30 @@ from typing import Callable
 
 import pytest
 import sqlalchemy as sa
+from test_statuses_helpers import (
+    TODAY,
+    World,
+    drop_module_database,
+    module_database_engine,
+    refresh_everything,
+)
 
+from assets.statuses import DATE_DEPENDENT_TABLES
 from orchestration.schema import (
     ConsentStatus as C,
+)
+from orchestration.schema import (
     RegistrationStatus as R,
+)
+from orchestration.schema import (
     SessionStatus as S,
+)
+from orchestration.schema import (
     TriageStatus as T,
+)
+from orchestration.schema import (
     VaccinationStatus as V,
 )
-from assets.statuses import DATE_DEPENDENT_TABLES
-from test_statuses_helpers import TODAY, World, refresh_everything
 
 
 @dataclass
@@ -353,14 +367,8 @@ CASES = [
 @pytest.fixture(scope="module")
 def rules_world(pg_admin_url, template_database):
     """One database holding every case, refreshed once (module scope keeps the tests fast)."""
-    import psycopg
-
     name = "pso_test_statuses_rules"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    url = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    engine = sa.create_engine(url, connect_args={"prepare_threshold": None})
+    engine = module_database_engine(pg_admin_url, template_database, name)
     built = {}
     with engine.begin() as conn:
         world = World(conn)
@@ -374,8 +382,7 @@ def rules_world(pg_admin_url, template_database):
         world.conn = conn
         yield world, built, results, engine
     engine.dispose()
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_module_database(pg_admin_url, name)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -17,16 +17,29 @@ from typing import Callable
 
 import pytest
 import sqlalchemy as sa
+from test_statuses_helpers import (
+    World,
+    drop_module_database,
+    module_database_engine,
+    refresh_everything,
+)
 
 from orchestration.clock import LONDON
 from orchestration.schema import (
     ConsentStatus as C,
+)
+from orchestration.schema import (
     RegistrationStatus as R,
+)
+from orchestration.schema import (
     SessionStatus as S,
+)
+from orchestration.schema import (
     TriageStatus as T,
+)
+from orchestration.schema import (
     VaccinationStatus as V,
 )
-from test_statuses_helpers import World, refresh_everything
 
 TODAY = date(2025, 11, 20)
 SAM_BORN = 2010
@@ -245,14 +258,8 @@ CASES = [
 @pytest.fixture(scope="module")
 def v2_world(pg_admin_url, template_database):
     """One database holding every case, refreshed once on 2025-11-20."""
-    import psycopg
-
     name = "pso_test_statuses_v2"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    url = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    engine = sa.create_engine(url, connect_args={"prepare_threshold": None})
+    engine = module_database_engine(pg_admin_url, template_database, name)
     built = {}
     with engine.begin() as conn:
         world = World(conn)
@@ -265,8 +272,7 @@ def v2_world(pg_admin_url, template_database):
         world.conn = conn
         yield world, built, engine
     engine.dispose()
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_module_database(pg_admin_url, name)
 
 
 def read(world: World, e: Example, label: str) -> int | None:

@@ -73,9 +73,12 @@ def unit_record_count(conn: sa.Connection, unit: str) -> UnitCount:
     return UnitCount(unit, row[0], row[1])
 
 
-def eligible_units(conn: sa.Connection, settings: StatsSettings) -> tuple[list[UnitCount], list[UnitCount]]:
-    """(eligible, skipped_missing_facility): count strictly greater than the cutoff (§2.4)."""
-    above = [c for c in ukrdc_record_counts(conn) if c.ukrdc_record_count > settings.aot_min_records]
+def eligible_units(conn: sa.Connection, settings: StatsSettings,
+                   counts: list[UnitCount] | None = None) -> tuple[list[UnitCount], list[UnitCount]]:
+    """(eligible, skipped_missing_facility): count strictly greater than the cutoff (§2.4); `counts` when
+    the caller has read them already."""
+    counts = ukrdc_record_counts(conn) if counts is None else counts
+    above = [c for c in counts if c.ukrdc_record_count > settings.aot_min_records]
     missing = [c for c in above if not c.has_facility]
     for c in missing:
         log.warning("facility code %s has %d UKRDC records but no facility row; skipped", c.facility_code,
