@@ -591,6 +591,36 @@ def test_a_programme_refresh_reaches_every_patient_holding_its_session_rows(engi
         assert w.session_status(ps_b, "hpv") == S.NONE_YET
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_holders_between_and_after_pages_of_eligible_patients_are_all_recomputed(engine, workers):
+    """A programme's batches end at the last of a full page of eligible ids (so no scan reads past it);
+    patients that only hold rows, between eligible ones and after the last of them, still each fall in
+    some batch: every stale row is recomputed, whatever the batch size."""
+    with engine.begin() as conn:
+        w = World(conn)
+        ids = [w.patient() for _ in range(9)]
+        sessions = {p: w.patient_session(p) for p in ids}
+    refresh_everything(engine)
+    holders = ids[1::2] + [ids[-1]]  # interleaved, and the last (after every eligible patient)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id = ANY(:h)"), {"h": holders})
+        for table, stale in (("patient_consent_statuses", 3), ("patient_vaccination_statuses", 2)):
+            conn.execute(sa.text(f"UPDATE {table} SET status = :s WHERE patient_id = ANY(:h)"),
+                         {"s": stale, "h": holders})
+        conn.execute(sa.text("UPDATE patient_session_session_statuses SET status = 7 "
+                             "WHERE patient_session_id = ANY(:ps)"), {"ps": [sessions[p] for p in holders]})
+    for batch_size in (2, 3):
+        results = refresh_everything(engine, batch_size=batch_size, workers=workers)
+        with engine.connect() as conn:
+            w.conn = conn
+            for p in holders:
+                assert w.patient_status("patient_consent_statuses", p, "hpv") == C.NO_RESPONSE, (batch_size, p)
+                assert w.patient_status("patient_vaccination_statuses", p, "hpv") == 0, (batch_size, p)
+                assert w.session_status(sessions[p], "hpv") == S.NONE_YET, (batch_size, p)
+        if batch_size == 3:
+            assert sum(r.written for r in results.values()) == 0  # batch size 2 repaired every row
+
+
 def test_today_is_the_injected_london_date(engine):
     """The attendance of 23 Nov counts on 23 Nov and not on the next London day."""
     with engine.begin() as conn:

@@ -51,6 +51,7 @@ def in_batch(column: str) -> str:
 
 
 PROGRAMME = "CAST(:programme_id AS bigint)"
+BIGINT_MAX = "CAST(9223372036854775807 AS bigint)"
 SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
 
@@ -63,7 +64,8 @@ def age_sql(dob: str, day: str) -> str:
 
 
 # Given at age 10 or over (Postgres's `date + 10 years` would put a 29 February 10th birthday on 28 February).
-_TEN_OR_OVER = f"{age_sql('pt.date_of_birth', 'r.performed_on')} >= 10"
+_TEN_OR_OVER = (f"coalesce((SELECT {age_sql('pt.date_of_birth', 'r.performed_on')} >= 10 FROM patients AS pt "
+                f"WHERE pt.id = r.patient_id), false)")
 
 # Programmes each patient of the batch is eligible for (by year group in Y).
 ELIGIBLE_CTE = f"""
@@ -90,11 +92,16 @@ def session_year_sql(session_id: str) -> str:
 BATCH_PATIENT_SESSIONS_SQL = f"""
     SELECT ps.id AS patient_session_id, ps.patient_id, ps.session_id,
            coalesce(sy.year, CAST(:academic_year AS int)) AS session_year, pt.birth_academic_year
-    FROM patient_sessions AS ps
-    JOIN patients AS pt ON pt.id = ps.patient_id
+    FROM batch_ids AS b
+    -- Both joined on the batch's id range as well: merge joins over one index range scan each, where a
+    -- lookup of the patient per patient_session cost half of this query.
+    JOIN patients AS pt ON pt.id = b.id
+    JOIN patient_sessions AS ps ON ps.patient_id = b.id
     LEFT JOIN (SELECT sd.session_id, {academic_year_sql('min(sd.value)')} AS year FROM session_dates AS sd
                GROUP BY sd.session_id) AS sy ON sy.session_id = ps.session_id
-    WHERE {in_batch('ps.patient_id')} AND {SESSION_FILTER}"""
+    WHERE pt.id BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint)
+      AND ps.patient_id BETWEEN CAST(:batch_first AS bigint) AND CAST(:batch_last AS bigint)
+      AND {SESSION_FILTER}"""
 
 # A patient_session's programmes: its session's programmes whose year groups include the patient's year
 # group in Y_s (D7; reads the batch fact `batch_patient_sessions`).
@@ -208,28 +215,32 @@ kept_records AS (
       AND vr.discarded_at IS NULL
 )"""
 
-# Vaccinated(y) over R(y): the kept records of year y (flu) or of years up to y (the others).
+# Vaccinated(y) over R(y): the kept records of year y (flu) or of years up to y (the others). A record
+# completes the course when it is "already had", or given and: at 10 or over (menacwy); at 10 or over as
+# a dose 5 or in a session (td_ipv, D4); always (the others). The patient's age is looked up only for
+# the programmes that ask for it (a CASE evaluates only the branch it takes).
 VACCINATED_CTE = f"""
 programme AS (SELECT id, type FROM programmes WHERE id = {PROGRAMME}),
 counted_records AS (
-    SELECT y.patient_id, y.year, r.outcome, r.dose_sequence, r.session_id, r.performed_on
+    SELECT y.patient_id, y.year, r.outcome,
+           CASE
+               WHEN r.outcome = 4 THEN true
+               WHEN r.outcome <> 0 THEN false
+               WHEN p.type = 'menacwy' THEN {_TEN_OR_OVER}
+               WHEN p.type = 'td_ipv' THEN CASE WHEN coalesce(r.dose_sequence = 5, false) OR r.session_id IS NOT NULL
+                                                THEN {_TEN_OR_OVER} ELSE false END
+               ELSE true
+           END AS completes
     FROM patient_years AS y
     CROSS JOIN programme AS p
     JOIN kept_records AS r ON r.patient_id = y.patient_id
      AND (r.year = y.year OR (p.type NOT IN ({sql_list(SEASONAL_TYPES)}) AND r.year < y.year))
 ),
 vaccinated AS (
-    SELECT r.patient_id, r.year,
-           bool_or(r.outcome = 0) AS any_administered,
-           bool_or(r.outcome = 4) OR CASE p.type
-               WHEN 'menacwy' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER}), false)
-               -- D4: a dose 5, or any dose recorded in a session, at 10 or over completes the course.
-               WHEN 'td_ipv' THEN coalesce(bool_or(r.outcome = 0 AND {_TEN_OR_OVER}
-                                                   AND (r.dose_sequence = 5 OR r.session_id IS NOT NULL)), false)
-               ELSE bool_or(r.outcome = 0)
-           END AS vaccinated
-    FROM counted_records AS r JOIN patients AS pt ON pt.id = r.patient_id CROSS JOIN programme AS p
-    GROUP BY r.patient_id, r.year, p.type
+    SELECT patient_id, year, bool_or(outcome = 0) AS any_administered,
+           coalesce(bool_or(completes), false) AS vaccinated
+    FROM counted_records
+    GROUP BY patient_id, year
 )"""
 
 # kept_records is MATERIALIZED here: R(y) joins each record to every year judged, and a copy with its year
@@ -449,15 +460,22 @@ PROGRAMME_PATIENTS_SQL = f"""
     -- per-patient EXISTS tests that Postgres answers by hashing both status tables on every batch.
     -- The eligible birth years are bound values (see eligible_birth_years), so the planner knows most
     -- patients match and walks the primary key from :after instead of sorting the whole table.
+    WITH eligible_ids AS MATERIALIZED (
+        SELECT pt.id FROM patients AS pt
+        WHERE (CAST(:after AS bigint) IS NULL OR pt.id > CAST(:after AS bigint))
+          AND pt.birth_academic_year BETWEEN CAST(:born_from AS int) AND CAST(:born_to AS int)
+        ORDER BY pt.id LIMIT :limit
+    ),
+    -- The batch ends at or before the last of a full page of eligible ids, so the other scans stop
+    -- there too: unbounded, they would read every row past :after whenever they find fewer than
+    -- :limit ids (an empty cache), once per batch.
+    page AS (SELECT CASE WHEN count(*) >= :limit THEN max(id) ELSE {BIGINT_MAX} END AS last FROM eligible_ids)
     SELECT id FROM (
-        (SELECT pt.id FROM patients AS pt
-         WHERE (CAST(:after AS bigint) IS NULL OR pt.id > CAST(:after AS bigint))
-           AND pt.birth_academic_year BETWEEN CAST(:born_from AS int) AND CAST(:born_to AS int)
-         ORDER BY pt.id LIMIT :limit)
+        SELECT id FROM eligible_ids
         UNION
         (SELECT s.patient_id FROM patient_consent_statuses AS s
          WHERE (CAST(:after AS bigint) IS NULL OR s.patient_id > CAST(:after AS bigint))
-           AND s.programme_id = {PROGRAMME}
+           AND s.patient_id <= (SELECT last FROM page) AND s.programme_id = {PROGRAMME}
          ORDER BY s.patient_id LIMIT :limit)
         UNION
         -- DISTINCT: a patient with several patient_sessions must not use up more than one of the
@@ -465,7 +483,7 @@ PROGRAMME_PATIENTS_SQL = f"""
         (SELECT DISTINCT ps.patient_id FROM patient_sessions AS ps
          JOIN patient_session_session_statuses AS s ON s.patient_session_id = ps.id
          WHERE (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
-           AND s.programme_id = {PROGRAMME}
+           AND ps.patient_id <= (SELECT last FROM page) AND s.programme_id = {PROGRAMME}
          ORDER BY ps.patient_id LIMIT :limit)
         UNION
         -- D7: patients of the programme's sessions held in another academic year, whose year group
@@ -475,6 +493,7 @@ PROGRAMME_PATIENTS_SQL = f"""
                                  WHERE sp.programme_id = {PROGRAMME}
                                    AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))
            AND (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
+           AND ps.patient_id <= (SELECT last FROM page)
          ORDER BY ps.patient_id LIMIT :limit)
     ) AS candidates
     ORDER BY id LIMIT :limit"""
