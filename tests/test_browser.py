@@ -212,7 +212,9 @@ def test_lineage_partitions_and_backfill_in_the_ui(dagster_ui, page):
     dialog.wait_for()
     selection = dialog.locator("input[placeholder*='artition']").first
     selection.fill(f"[{keys[0]}...{keys[-1]}]")
-    selection.press("Enter")
+    # Enter goes to the focused field: the UI may re-render the field once it holds a value, so a
+    # locator resolved again here (by its placeholder) can match nothing for the whole timeout.
+    page.keyboard.press("Enter")
     dialog.get_by_text(re.compile(rf"{BACKFILL_PARTITIONS} partitions", re.I)).first.wait_for()
     shot(page, "3-launch-backfill")
     dialog.get_by_role("button", name=re.compile(r"Launch.*backfill", re.I)).click()
