@@ -468,7 +468,7 @@ PROGRAMME_PATIENTS_SQL = f"""
     ),
     -- The batch ends at or before the last of a full page of eligible ids, so the other scans stop
     -- there too: unbounded, they would read every row past :after whenever they find fewer than
-    -- :limit ids (an empty cache), once per batch.
+    -- :limit ids (an empty cache), once per batch. (With no :limit, as when the scope is counted, no end.)
     page AS (SELECT CASE WHEN count(*) >= :limit THEN max(id) ELSE {BIGINT_MAX} END AS last FROM eligible_ids)
     SELECT id FROM (
         SELECT id FROM eligible_ids
