@@ -9,7 +9,8 @@ Measures, in one scratch database loaded by the statuses generator at `scale` (2
 - baseline (a): the upstream's shape — per patient, per-patient queries, statuses computed in Python,
   one UPDATE per row — on a sample, per row; its results are also compared with the SQL's;
 - baseline (b), the floor: a bare `INSERT INTO … SELECT` of the rows the full refresh wrote, into copies
-  of the status tables with their keys, indexes and foreign keys; (b0) the same without foreign keys.
+  of the status tables with their keys, indexes and foreign keys; (b0) the same without foreign keys
+  (each the median of 3 rounds, timed as the refreshes are).
 
 Scale 20 gives the 50,000-patient programme; scale 46 gives ≥ 1,000,000 patient×programme rows.
 """
@@ -356,14 +357,21 @@ def _insert_floor(engine, flu_id: int, prefix: str, flu_only: bool, connections:
 
 
 def _time_floors(engine, flu_id: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Seconds and rows of every floor's inserts, its connections at once."""
-    seconds, inserted = {}, {}
-    for prefix, (_, flu_only, connections) in FLOORS.items():
-        with timed() as t, ThreadPoolExecutor(connections) as pool:
-            inserted[prefix] = sum(pool.map(
-                lambda part: _insert_floor(engine, flu_id, prefix, flu_only, connections, part), range(connections)))
-        seconds[prefix] = t()
-    return seconds, inserted
+    """Seconds (the median of EMPTY_CACHE_RUNS rounds, each from emptied copies after a CHECKPOINT, as the
+    refreshes are timed) and rows of every floor's inserts, its connections at once."""
+    runs: dict[str, list[float]] = {prefix: [] for prefix in FLOORS}
+    inserted = {}
+    for _ in range(EMPTY_CACHE_RUNS):
+        for prefix, (_, flu_only, connections) in FLOORS.items():
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"TRUNCATE {', '.join(f'{prefix}_{t}' for t in STATUS_TABLES)}"))
+                conn.execute(sa.text("CHECKPOINT"))
+            with timed() as t, ThreadPoolExecutor(connections) as pool:
+                inserted[prefix] = sum(pool.map(
+                    lambda part: _insert_floor(engine, flu_id, prefix, flu_only, connections, part),
+                    range(connections)))
+            runs[prefix].append(t())
+    return {prefix: statistics.median(seconds) for prefix, seconds in runs.items()}, inserted
 
 
 def _measure_floors(engine, programmes: dict[str, int], flu_written: int, report: BenchReport) -> None:

@@ -75,7 +75,7 @@ eligible AS (
     FROM patients AS pt
     CROSS JOIN programmes AS pr
     JOIN year_groups AS yg ON yg.type = pr.type
-    WHERE {in_batch('pt.id')}
+    WHERE {in_batch('pt.id')} AND pr.id = {PROGRAMME}
       AND CAST(:academic_year AS int) - pt.birth_academic_year - 5 BETWEEN yg.min_year_group AND yg.max_year_group
 )"""
 
@@ -141,12 +141,16 @@ def triage_needed(consent: str) -> str:
 
 # The years a batch patient is judged in: Y (academic_year(today)) for the patient-level tables, and each
 # Y_s of their patient_sessions (reads the batch fact `batch_patient_sessions`).
-PATIENT_YEARS_CTE = """
+PATIENT_YEARS_CTE = f"""
 patient_years AS (
     SELECT id AS patient_id, CAST(:academic_year AS int) AS year FROM batch_ids
     UNION ALL
-    SELECT DISTINCT patient_id, session_year FROM batch_patient_sessions
-    WHERE session_year <> CAST(:academic_year AS int)
+    SELECT DISTINCT ps.patient_id, ps.session_year FROM batch_patient_sessions AS ps
+    WHERE ps.session_year <> CAST(:academic_year AS int)
+      -- Only the years of sessions with the programme, or holding a session row of it (one that lost it).
+      AND (ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp WHERE sp.programme_id = {PROGRAMME})
+           OR EXISTS (SELECT 1 FROM patient_session_session_statuses AS s
+                      WHERE s.patient_session_id = ps.patient_session_id AND s.programme_id = {PROGRAMME}))
 )"""
 
 # v2 §1.4 latest consents L(y) for every year y at once (step 2a: a consent counts only in cy), their
