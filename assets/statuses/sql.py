@@ -54,6 +54,7 @@ PROGRAMME = "CAST(:programme_id AS bigint)"
 BIGINT_MAX = "CAST(9223372036854775807 AS bigint)"
 SESSIONS = "CAST(:session_ids AS bigint[])"
 SESSION_FILTER = f"({SESSIONS} IS NULL OR ps.session_id = ANY({SESSIONS}))"
+SESSIONS_WITH_PROGRAMME = f"(SELECT sp.session_id FROM session_programmes AS sp WHERE sp.programme_id = {PROGRAMME})"
 
 
 # Whole years on `day`, as clock.age_on (a 29 February birthday is reached on 1 March in other years).
@@ -148,7 +149,7 @@ patient_years AS (
     SELECT DISTINCT ps.patient_id, ps.session_year FROM batch_patient_sessions AS ps
     WHERE ps.session_year <> CAST(:academic_year AS int)
       -- Only the years of sessions with the programme, or holding a session row of it (one that lost it).
-      AND (ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp WHERE sp.programme_id = {PROGRAMME})
+      AND (ps.session_id IN {SESSIONS_WITH_PROGRAMME}
            OR EXISTS (SELECT 1 FROM patient_session_session_statuses AS s
                       WHERE s.patient_session_id = ps.patient_session_id AND s.programme_id = {PROGRAMME}))
 )"""
@@ -338,7 +339,8 @@ latest_session_record AS (
 )"""
 
 # Per patient_session of the batch: how many of its programmes it has, and how many have a record there
-# (reads the batch fact patient_session_programmes).
+# (reads the batch fact patient_session_programmes). Only registration reads it, and only for the
+# patient_sessions of sessions with the programme (a session without any has no programmes to count).
 PROGRAMME_DONE_CTE = f"""
 programme_done AS (
     SELECT psp.patient_session_id,
@@ -347,8 +349,9 @@ programme_done AS (
     FROM patient_session_programmes AS psp
     LEFT JOIN (
         SELECT DISTINCT vr.patient_id, vr.programme_id, vr.session_id FROM vaccination_records AS vr
-        WHERE {in_batch('vr.patient_id')} AND vr.session_id IS NOT NULL AND vr.discarded_at IS NULL
+        WHERE {in_batch('vr.patient_id')} AND vr.session_id IN {SESSIONS_WITH_PROGRAMME} AND vr.discarded_at IS NULL
     ) AS r ON r.patient_id = psp.patient_id AND r.programme_id = psp.programme_id AND r.session_id = psp.session_id
+    WHERE psp.session_id IN {SESSIONS_WITH_PROGRAMME}
     GROUP BY psp.patient_session_id
 )"""
 
