@@ -412,8 +412,14 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
     handout = threading.Lock()
     state: dict[str, Any] = {"after": None, "done": False, "error": None}
 
-    def work(coordinator_pid: int) -> None:
+    def work(coordinator_pid: int, index: int) -> None:
         mine = RefreshResult(tables={t.name: RefreshCounts() for t in tables})
+        # Each worker writes the tables starting from a different one: in step, both would insert into
+        # the same table at once and contend for the same last pages of its heap and id index (5% of a
+        # parallel empty-cache refresh). The order within a batch's transaction changes nothing else:
+        # batches hold disjoint ids, so their writes never wait for each other.
+        start = index * len(tables) // workers
+        own_order = [*tables[start:], *tables[:start]]
         try:
             with engine.connect() as worker:
                 while True:
@@ -430,7 +436,7 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
                             batch = batches.fill(worker, state["after"], batch_size)
                             state["after"] = batch.last
                             state["done"] = batch.count < batch_size
-                        _refresh_one_batch(worker, tables, facts, batch, params, mine)
+                        _refresh_one_batch(worker, own_order, facts, batch, params, mine)
         except BaseException as error:  # noqa: BLE001 - handed to the coordinator, which raises it
             with handout:
                 if state["error"] is None:
@@ -442,7 +448,7 @@ def _refresh_in_parallel(conn: sa.Connection, tables: Sequence[DerivedTable], ba
     with conn.begin():
         coordinator_pid = conn.execute(_HOLD_REFRESH_LOCK, {"key": lock_key}).one()[1]
         batch_size = batches.balanced_size(conn, workers)
-        threads = [threading.Thread(target=work, args=(coordinator_pid,), name=f"refresh-worker-{i}")
+        threads = [threading.Thread(target=work, args=(coordinator_pid, i), name=f"refresh-worker-{i}")
                    for i in range(workers)]
         for thread in threads:
             thread.start()
