@@ -135,6 +135,8 @@ class Settings:
     dagster_storage_url_override: str | None = field(default=None)
     # PSO_AUTOMATION=paused: every schedule and sensor starts STOPPED (orchestration/automation.py).
     automation_paused: bool = field(default=False)
+    # PSO_S3_USE_AWS (any non-empty value): AWS itself, boto3's default endpoint and credential chain.
+    s3_use_aws: bool = field(default=False)
 
     @property
     def embedded(self) -> bool:
@@ -142,7 +144,7 @@ class Settings:
 
     @property
     def embedded_s3(self) -> bool:
-        return self.s3_endpoint_override is None and not os.environ.get("PSO_S3_USE_AWS")
+        return self.s3_endpoint_override is None and not self.s3_use_aws
 
     @property
     def database_url(self) -> str:
@@ -234,6 +236,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         s3_keys_from_pso_env=bool(env.get("PSO_S3_ACCESS_KEY_ID")),
         dagster_storage_url_override=_database_url(env, "PSO_DAGSTER_STORAGE_URL"),
         automation_paused=_automation_paused(env),
+        s3_use_aws=bool(env.get("PSO_S3_USE_AWS")),
     )
 
 

@@ -37,6 +37,13 @@ def test_dagster_storage_url_gets_psycopg2_however_it_is_written(written):
     assert settings.dagster_storage_url_for_instance == "postgresql+psycopg2://orchestrator:pw@db.internal:5432/dagster"
 
 
+def test_aws_itself_when_asked():
+    """PSO_S3_USE_AWS: no embedded S3 and no endpoint (boto3's default), read from the given environment."""
+    settings = load_settings({"PSO_S3_USE_AWS": "1"})
+    assert not settings.embedded_s3 and settings.s3_endpoint is None
+    assert load_settings({"PSO_S3_USE_AWS": ""}).embedded_s3
+
+
 def test_automation_is_on_unless_paused():
     assert load_settings({}).automation_paused is False
     assert load_settings({"PSO_AUTOMATION": "on"}).automation_paused is False
