@@ -321,12 +321,16 @@ END"""
 # Reads the batch fact `batch_patient_sessions`. Only a date of the patient_session's own session
 # counts (an attendance on another session's date is bad input, named by the inputs check).
 TODAYS_ATTENDANCE_CTE = """
+-- The batch's patient_sessions whose session is held today, each with one probe of the attendances'
+-- unique (patient_session_id, session_date_id) key (LIMIT 1 keeps it a probe: joined, Postgres hashed
+-- every attendance of the day, all patients', in every batch).
 todays_attendance AS (
-    SELECT a.patient_session_id, a.attending
-    FROM session_attendances AS a
-    JOIN batch_patient_sessions AS ps ON ps.patient_session_id = a.patient_session_id
-    JOIN session_dates AS sd ON sd.id = a.session_date_id AND sd.session_id = ps.session_id
-                            AND sd.value = CAST(:today AS date)
+    SELECT ps.patient_session_id, a.attending
+    FROM batch_patient_sessions AS ps
+    JOIN session_dates AS sd ON sd.session_id = ps.session_id AND sd.value = CAST(:today AS date)
+    CROSS JOIN LATERAL (SELECT a.attending FROM session_attendances AS a
+                        WHERE a.patient_session_id = ps.patient_session_id AND a.session_date_id = sd.id
+                        LIMIT 1) AS a
 )"""
 
 # The outcome of each patient's latest kept record per session (needs KEPT_RECORDS_CTE).
