@@ -200,3 +200,31 @@ def test_a_row_written_outside_the_refresh_is_skipped_as_on_conflict_do_nothing(
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE conflict_probe"))
+
+
+def test_a_programme_scope_is_sized_by_an_estimate_that_never_narrows_it(engine, world):
+    """The estimate sizing a programme's parallel batches counts the eligible patients (those of its
+    sessions in another year too), not those only holding rows; the refresh still reaches those."""
+    from assets.statuses.refresh import base_params, scope_passes
+
+    def counts(programme: str) -> tuple[int, int]:
+        params = {**base_params(world.programmes[programme], TODAY), "programme_type": programme}
+        (source, _), = scope_passes(StatusScope(all=True), params)
+        with engine.connect() as conn:
+            exact = conn.execute(sa.text(f"SELECT count(*) FROM ({source.sql}) AS b"),
+                                 {**source.params, "after": None, "limit": None}).scalar_one()
+            return conn.execute(sa.text(source.count_sql), source.params).scalar_one(), exact
+
+    assert counts("hpv") == (40, 40)
+    refresh_everything(engine)
+    holders = world.patients[:5]
+    with engine.begin() as conn:  # five patients leave hpv's year groups but keep their rows
+        conn.execute(sa.text("UPDATE patients SET birth_academic_year = 2015 WHERE id = ANY(:h)"), {"h": holders})
+        conn.execute(sa.text("UPDATE patient_consent_statuses SET status = 3 WHERE patient_id = ANY(:h)"),
+                     {"h": holders})
+    assert counts("hpv") == (35, 40)
+    refresh_everything(engine, batch_size=7, workers=2)
+    with engine.connect() as conn:
+        stale = conn.execute(sa.text("SELECT count(*) FROM patient_consent_statuses WHERE patient_id = ANY(:h) "
+                                     "AND status = 3"), {"h": holders}).scalar_one()
+    assert stale == 0

@@ -50,7 +50,8 @@ def scope_passes(scope: StatusScope, params: dict[str, Any],
         born_from, born_to = q.eligible_birth_years(params["programme_type"], params["academic_year"])
         programme = {"programme_id": params["programme_id"], "born_from": born_from, "born_to": born_to,
                      "academic_year": params["academic_year"]}
-        return [(dt.keyset_batches(q.PROGRAMME_PATIENTS_SQL, programme, batch_size), {})]
+        return [(dt.keyset_batches(q.PROGRAMME_PATIENTS_SQL, programme, batch_size,
+                                   count_sql=q.PROGRAMME_PATIENTS_ESTIMATE_SQL), {})]
     passes = []
     if scope.patient_ids:
         passes.append((dt.list_batches(scope.patient_ids, batch_size), {}))

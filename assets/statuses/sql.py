@@ -508,6 +508,21 @@ PROGRAMME_PATIENTS_SQL = f"""
          ORDER BY ps.patient_id LIMIT :limit)
     ) AS candidates
     ORDER BY id LIMIT :limit"""
+# About how many patients a programme's full refresh reaches, for sizing its parallel batches: the
+# eligible ones and those of its sessions in another year (branches 1 and 4 above). Patients found only
+# through rows they hold (after a year-group change or a rollover) are left out: counting them joins
+# every patient_session with the session rows (a tenth of a no-change refresh), and leaving them out
+# costs at most a less even last round.
+PROGRAMME_PATIENTS_ESTIMATE_SQL = f"""
+    SELECT count(*) FROM (
+        SELECT pt.id FROM patients AS pt
+        WHERE pt.birth_academic_year BETWEEN CAST(:born_from AS int) AND CAST(:born_to AS int)
+        UNION
+        SELECT ps.patient_id FROM patient_sessions AS ps
+        WHERE ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp
+                                WHERE sp.programme_id = {PROGRAMME}
+                                  AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))
+    ) AS reached"""
 SESSION_PATIENTS_SQL = """
     SELECT DISTINCT patient_id AS id FROM patient_sessions
     WHERE session_id = ANY(CAST(:session_ids AS bigint[]))

@@ -280,6 +280,9 @@ class BatchSource:
     params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = DEFAULT_BATCH_SIZE
     known_count: int | None = None  # how many ids in all, when known up front (a list of ids)
+    # A cheaper query of (about) how many ids the scope has, for sizing parallel batches only: it never
+    # decides which ids are refreshed, so an estimate costs at most a less even last round.
+    count_sql: str | None = None
 
     def fill(self, conn: sa.Connection, after: Any, limit: int | None = None) -> Batch:
         """Create and fill `batch_ids` with the next batch (at most `limit` ids, the batch size unless
@@ -295,6 +298,8 @@ class BatchSource:
         `workers` batches of equal size, so parallel workers finish together (6 batches of 10,000,
         10,000, …, 1,572 would leave one worker idle for the last round)."""
         count = self.known_count
+        if count is None and self.count_sql is not None:
+            count = conn.execute(sa.text(self.count_sql), self.params).scalar_one()
         if count is None:  # LIMIT NULL is no limit: the whole scope, counted without being fetched
             count = conn.execute(sa.text(f"SELECT count(*) FROM ({self.sql}) AS b"),
                                  {**self.params, "after": None, "limit": None}).scalar_one()
@@ -302,12 +307,14 @@ class BatchSource:
         return max(1, min(self.batch_size, -(-count // (workers * rounds))))
 
 
-def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
+def keyset_batches(sql: str, params: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE,
+                   count_sql: str | None = None) -> BatchSource:
     """Batches from a query `SELECT id … WHERE id > :after ORDER BY id LIMIT :limit` (keyset paging).
 
-    `:after` is bound as a bigint; NULL on the first batch.
+    `:after` is bound as a bigint; NULL on the first batch. `count_sql` (same parameters, no `:after`
+    or `:limit`) estimates the scope's size for sizing parallel batches (see BatchSource.count_sql).
     """
-    return BatchSource(sql, dict(params), batch_size)
+    return BatchSource(sql, dict(params), batch_size, count_sql=count_sql)
 
 
 def list_batches(ids: Iterable[int], batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSource:
