@@ -201,9 +201,7 @@ def _measure_empty_cache(engine, today: date, programmes: dict[str, int], report
     flu = {"flu": programmes["flu"]}
     rest = {k: v for k, v in programmes.items() if k != "flu"}
     for _ in range(EMPTY_CACHE_RUNS):
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"TRUNCATE {', '.join(STATUS_TABLES)}"))
-            conn.execute(sa.text("CHECKPOINT"))  # (superuser in the scratch database) start every run alike
+        _empty(engine, STATUS_TABLES)
         with timed() as t:
             flu_written, _ = _refresh_all(engine, StatusScope(all=True), today, flu)
         flu_runs.append(t())
@@ -328,6 +326,13 @@ FLOORS = {"floor_fk": (True, False, 1), "floor_nofk": (False, False, 1), "floor_
           "floor_flu2": (True, True, 2)}
 
 
+def _empty(engine, tables) -> None:
+    """Empty `tables`, then CHECKPOINT (superuser in the scratch database), so every timed run starts alike."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(tables)}"))
+        conn.execute(sa.text("CHECKPOINT"))
+
+
 def _without_autovacuum(engine, tables) -> None:
     """No autovacuum on `tables` for the run: each timed refresh or floor writes hundreds of thousands of
     rows, and autovacuum's pass over one run's rows would land in the next run's time (±10% at random);
@@ -373,9 +378,7 @@ def _time_floors(engine, flu_id: int) -> tuple[dict[str, float], dict[str, int]]
     inserted = {}
     for _ in range(EMPTY_CACHE_RUNS):
         for prefix, (_, flu_only, connections) in FLOORS.items():
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"TRUNCATE {', '.join(f'{prefix}_{t}' for t in STATUS_TABLES)}"))
-                conn.execute(sa.text("CHECKPOINT"))
+            _empty(engine, [f"{prefix}_{table}" for table in STATUS_TABLES])
             with timed() as t, ThreadPoolExecutor(connections) as pool:
                 inserted[prefix] = sum(pool.map(
                     lambda part: _insert_floor(engine, flu_id, prefix, flu_only, connections, part),

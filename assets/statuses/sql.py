@@ -68,7 +68,7 @@ def age_sql(dob: str, day: str) -> str:
 _TEN_OR_OVER = (f"coalesce((SELECT {age_sql('pt.date_of_birth', 'r.performed_on')} >= 10 FROM patients AS pt "
                 f"WHERE pt.id = r.patient_id), false)")
 
-# Programmes each patient of the batch is eligible for (by year group in Y).
+# The batch's patients eligible for the refreshed programme (by year group in Y).
 ELIGIBLE_CTE = f"""
 year_groups (type, min_year_group, max_year_group) AS (VALUES {_YEAR_GROUPS_VALUES}),
 eligible AS (
@@ -463,6 +463,9 @@ DATE_DEPENDENT_TABLES = ("patient_session_session_statuses", "patient_session_re
 ALL_PATIENTS_SQL = """
     SELECT id FROM patients WHERE (CAST(:after AS bigint) IS NULL OR id > CAST(:after AS bigint))
     ORDER BY id LIMIT :limit"""
+# The programme's sessions held in another academic year than Y (D7; none in the usual case).
+OTHER_YEAR_SESSIONS = (f"(SELECT sp.session_id FROM session_programmes AS sp WHERE sp.programme_id = {PROGRAMME} "
+                       f"AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))")
 # A programme's full refresh: patients eligible today, plus those holding rows for it (rows no longer
 # expected are still recomputed). A registration row always comes with a session row of the
 # partition that seeded it, so it is reached through that partition.
@@ -500,9 +503,7 @@ PROGRAMME_PATIENTS_SQL = f"""
         -- D7: patients of the programme's sessions held in another academic year, whose year group
         -- there may be eligible although it is not in Y (none in the usual case: an empty id set).
         (SELECT DISTINCT ps.patient_id FROM patient_sessions AS ps
-         WHERE ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp
-                                 WHERE sp.programme_id = {PROGRAMME}
-                                   AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))
+         WHERE ps.session_id IN {OTHER_YEAR_SESSIONS}
            AND (CAST(:after AS bigint) IS NULL OR ps.patient_id > CAST(:after AS bigint))
            AND ps.patient_id <= (SELECT last FROM page)
          ORDER BY ps.patient_id LIMIT :limit)
@@ -518,10 +519,7 @@ PROGRAMME_PATIENTS_ESTIMATE_SQL = f"""
         SELECT pt.id FROM patients AS pt
         WHERE pt.birth_academic_year BETWEEN CAST(:born_from AS int) AND CAST(:born_to AS int)
         UNION
-        SELECT ps.patient_id FROM patient_sessions AS ps
-        WHERE ps.session_id IN (SELECT sp.session_id FROM session_programmes AS sp
-                                WHERE sp.programme_id = {PROGRAMME}
-                                  AND {session_year_sql('sp.session_id')} <> CAST(:academic_year AS int))
+        SELECT ps.patient_id FROM patient_sessions AS ps WHERE ps.session_id IN {OTHER_YEAR_SESSIONS}
     ) AS reached"""
 SESSION_PATIENTS_SQL = """
     SELECT DISTINCT patient_id AS id FROM patient_sessions

@@ -81,12 +81,9 @@ def cmd_restore_hour(args) -> int:
 
     cli_settings()
     hour = f"{args.hour:%Y-%m-%dT%H}"
-    instance = open_instance()
-    try:
+    with open_instance() as instance:
         run = run_job(instance, RESTORE_JOB, partition_key=restore_partition(args.hour), command="restore-hour",
                       run_config={"ops": {"restore_deep_archived_hour": {"config": {"hour": hour}}}})
-    finally:
-        instance.dispose()
     if not run.success:
         print(f"pso restore-hour: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
         return 1
@@ -108,11 +105,8 @@ def cmd_letters_collate(args) -> int:
 
     cli_settings()
     day = date.fromisoformat(args.print_date) if args.print_date else print_date(now_utc())
-    instance = open_instance()
-    try:
+    with open_instance() as instance:
         run = run_job(instance, "letter_collation", partition_key=day.isoformat(), command="letters collate")
-    finally:
-        instance.dispose()
     if not run.success:
         print(f"pso letters collate: run {run.run_id} failed: {'; '.join(run.failures) or 'see the run in Dagster'}")
         return 1
@@ -137,12 +131,9 @@ def cmd_archive_contact_list(args) -> int:
         print(f"pso letters archive-contact-list: not a contact list id: {args.list_id!r}")
         return 2
     cli_settings()
-    instance = open_instance()
-    try:
+    with open_instance() as instance:
         run = run_job(instance, "archive_contact_list", command="letters archive-contact-list",
                       run_config={"ops": {"archive_contact_list_and_csv": {"config": {"list_id": list_id}}}})
-    finally:
-        instance.dispose()
     if not run.success:
         print(f"pso letters archive-contact-list: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
         return 1
@@ -165,8 +156,7 @@ def cmd_prune(args) -> int:
     kind = "maintenance" if args.maintenance else "sync_group"
     job, asset_key = PRUNE_JOBS[kind]
     config = {"force": args.force} if args.maintenance else {"grace_hours": args.grace_hours}
-    instance = open_instance()
-    try:
+    with open_instance() as instance:
         added = not instance.has_dynamic_partition(replicas_partitions.name, args.replica_id)
         if added:  # the replica_registry sensor would add it within a minute; the command cannot wait
             instance.add_dynamic_partitions(replicas_partitions.name, [args.replica_id])
@@ -174,8 +164,6 @@ def cmd_prune(args) -> int:
                       run_config={"ops": {asset_key: {"config": config}}})
         if added and not run.success:
             instance.delete_dynamic_partition(replicas_partitions.name, args.replica_id)
-    finally:
-        instance.dispose()
     if not run.success:
         print(f"pso prune: {'; '.join(run.failures) or 'run failed'} (run {run.run_id})")
         return 2

@@ -39,7 +39,8 @@ class JobRun:
 
 
 def open_instance() -> DagsterInstance:
-    """The project's instance (embedded or configured), with this process's environment exported for it."""
+    """The project's instance (embedded or configured), with this process's environment exported for it;
+    `with open_instance() as instance:` disposes of it at the end."""
     return DagsterInstance.from_config(dagster_env(get_settings())["DAGSTER_HOME"])
 
 
